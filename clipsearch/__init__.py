@@ -1,0 +1,1 @@
+"""clipsearch: CLIP image search core (encoder, safe image decoding, k-NN backends)."""

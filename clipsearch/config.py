@@ -1,0 +1,83 @@
+"""Settings from environment variables, read in one place.
+
+Every variable is listed in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_id: str | None = None  # None: DEFAULT_MODEL_ID, or what MODEL_PATH says it is
+    model_path: str | None = None
+    encoder: str = "torch"  # "torch" | "onnx"
+    onnx_path: str | None = None
+    threads: int | None = None
+    backend: str = "faiss"  # "faiss" | "opensearch"
+    index_path: str = "data/index"
+    hnsw_threshold: int = 50_000
+    opensearch_url: str | None = None
+    opensearch_index: str = "clipsearch"
+    opensearch_auth: str = "none"  # "none" | "basic" | "sigv4"
+    opensearch_service: str = "es"  # "es" | "aoss" (SigV4 service name)
+    opensearch_user: str | None = None
+    opensearch_password: str | None = field(default=None, repr=False)
+    aws_region: str | None = None
+    preload_image_tower: bool = False
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    @property
+    def model_source(self) -> str:
+        """What `from_pretrained` is given: a local checkpoint directory wins over a hub id."""
+        return self.model_path or self.model_id or DEFAULT_MODEL_ID
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        get = lambda name, default=None: env.get(name) or default  # noqa: E731
+        threads = _int(env, "TORCH_THREADS", 0) or None
+        return cls(
+            model_id=get("MODEL_ID"),
+            model_path=get("MODEL_PATH"),
+            encoder=get("ENCODER", "torch").lower(),
+            onnx_path=get("ONNX_PATH"),
+            threads=threads,
+            backend=get("BACKEND", "faiss").lower(),
+            index_path=get("INDEX_PATH", "data/index"),
+            hnsw_threshold=_int(env, "HNSW_THRESHOLD", 50_000),
+            opensearch_url=get("OPENSEARCH_URL"),
+            opensearch_index=get("OPENSEARCH_INDEX", "clipsearch"),
+            opensearch_auth=get("OPENSEARCH_AUTH", "none").lower(),
+            opensearch_service=get("OPENSEARCH_SERVICE", "es").lower(),
+            opensearch_user=get("OPENSEARCH_USER"),
+            opensearch_password=get("OPENSEARCH_PASSWORD"),
+            aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            preload_image_tower=_bool(env, "PRELOAD_IMAGE_TOWER", False),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
+        )

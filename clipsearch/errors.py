@@ -1,0 +1,66 @@
+"""Domain errors. Each carries the data a caller needs; `server` maps them to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class ClipsearchError(Exception):
+    """Base class. `code` is the stable machine-readable name clients see."""
+
+    code = "error"
+
+
+class InvalidInput(ClipsearchError):
+    code = "invalid_input"
+
+
+class NotFound(ClipsearchError):
+    code = "not_found"
+
+
+class TooLarge(ClipsearchError):
+    code = "too_large"
+
+
+class ImageError(InvalidInput):
+    """The bytes are not an image we can safely decode."""
+
+    code = "invalid_image"
+
+
+class ImageTooLarge(TooLarge):
+    """Too many bytes, or too many pixels (a decompression bomb)."""
+
+    code = "image_too_large"
+
+    def __init__(self, what: str, size: int, limit: int):
+        self.what, self.size, self.limit = what, size, limit
+        super().__init__(f"image has {size:,} {what}, the limit is {limit:,}: send a smaller image")
+
+
+class ModelMismatch(ClipsearchError):
+    """The index was built by another model: its vectors are not comparable with ours."""
+
+    code = "model_mismatch"
+
+    def __init__(self, index_model: str, index_dim: int, model: str, dim: int):
+        self.index_model, self.index_dim, self.model, self.dim = index_model, index_dim, model, dim
+        super().__init__(
+            f"the index was built with model {index_model!r} ({index_dim}-d) but the encoder is "
+            f"{model!r} ({dim}-d): set MODEL_ID/MODEL_PATH to the index's model or re-ingest"
+        )
+
+
+class BackendUnavailable(ClipsearchError):
+    """The k-NN backend cannot answer now; retrying later may work."""
+
+    code = "backend_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 5):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class IndexMissing(ClipsearchError):
+    """No index at the configured location."""
+
+    code = "index_missing"

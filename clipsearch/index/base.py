@@ -1,0 +1,83 @@
+"""The VectorIndex interface every k-NN backend implements, and the types it speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from clipsearch.errors import InvalidInput, ModelMismatch
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # cosine similarity in [-1, 1], whichever backend answered
+    metadata: dict[str, Any]
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    model_id: str
+    dim: int
+
+    def upsert(self, docs: Iterable[Document]) -> int:
+        """Insert or replace documents by id; returns how many were written."""
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The k nearest documents by cosine, best first, among those matching `filters`."""
+
+    def get(self, doc_id: str) -> Document:
+        """The stored document, vector included; raises NotFound."""
+
+    def count(self) -> int: ...
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove documents; returns how many existed."""
+
+    def ids(self) -> list[str]: ...
+
+    def save(self) -> None:
+        """Make everything written so far durable (files on disk, a refreshed index)."""
+
+    def info(self) -> dict[str, Any]:
+        """Backend, index type and parameters, for reports."""
+
+
+def check_model(index: VectorIndex, model_id: str, dim: int) -> None:
+    """Refuse to mix vectors of different models: they are not comparable."""
+    if index.model_id != model_id or index.dim != dim:
+        raise ModelMismatch(index.model_id, index.dim, model_id, dim)
+
+
+def as_query_vector(vector, dim: int) -> np.ndarray:
+    """Validate and L2-normalise a query vector of the index's dimension."""
+    q = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if q.shape[0] != dim:
+        raise InvalidInput(f"query vector has {q.shape[0]} dimensions, the index has {dim}")
+    if not np.all(np.isfinite(q)):
+        raise InvalidInput("query vector contains NaN or infinity")
+    norm = float(np.linalg.norm(q))
+    if norm == 0.0:
+        raise InvalidInput("query vector is all zeros")
+    return q / norm
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInput(f"k must be a positive integer, got {k!r}")
+    return int(k)

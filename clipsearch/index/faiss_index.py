@@ -1,0 +1,342 @@
+"""The embedded k-NN backend: FAISS over files in a directory, no server.
+
+Layout of an index directory:
+
+    manifest.json         model id, dimension, count, index type, the live generation
+    gen-000007/           one generation of data, written whole before the manifest names it
+        vectors.npy       float32 (count, dim), L2-normalised
+        ids.json          document ids, row order
+        metadata.jsonl    one JSON object per row
+        hnsw.faiss        the HNSW graph, when count >= hnsw_threshold
+
+Saving writes a new generation and then swaps the manifest atomically, so a process killed at
+any point leaves the previous complete generation readable. Exact search (numpy inner product)
+serves small collections; above `hnsw_threshold` documents an HNSW graph answers, with filters
+applied inside the graph search (and exact search over the matching rows when they are few).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from clipsearch.errors import IndexMissing, InvalidInput, NotFound
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model
+from clipsearch.index.filters import filter_mask, parse_filters
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FaissIndex:
+    """See the module docstring. Thread-safe; one writer process per directory."""
+
+    backend = "faiss"
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        model_id: str,
+        dim: int,
+        hnsw_threshold: int = 50_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        exact_below_fraction: float = 0.02,
+    ):
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.path = Path(path) if path is not None else None
+        self.model_id, self.dim = model_id, int(dim)
+        self.hnsw_threshold, self.hnsw_m = hnsw_threshold, hnsw_m
+        self.ef_construction, self.ef_search = ef_construction, ef_search
+        self.exact_below_fraction = exact_below_fraction
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._n = 0
+        self._ids: list[str] = []
+        self._meta: list[dict] = []
+        self._row: dict[str, int] = {}
+        self._hnsw = None  # faiss.IndexHNSWFlat over rows [0, _hnsw.ntotal)
+        self._columns: dict[str, np.ndarray] = {}
+        self._generation = 0
+        self._lock = threading.RLock()
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, **opts) -> "FaissIndex":
+        path = Path(path)
+        manifest_file = path / MANIFEST
+        if not manifest_file.is_file():
+            raise IndexMissing(
+                f"no embedded index at {path} (no {MANIFEST}): create it with "
+                f"`python -m ingest unsplash --index {path}` or `python -m ingest folder PHOTOS --index {path}`"
+            )
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise IndexMissing(f"index at {path} has format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        hnsw = manifest.get("hnsw", {})
+        for key, name in (("m", "hnsw_m"), ("ef_construction", "ef_construction"), ("ef_search", "ef_search")):
+            if key in hnsw:
+                opts.setdefault(name, hnsw[key])
+        self = cls(path, model_id=manifest["model_id"], dim=manifest["dim"], **opts)
+        gen_dir = path / manifest["generation"]
+        vectors = np.load(gen_dir / "vectors.npy")
+        ids = json.loads((gen_dir / "ids.json").read_text())
+        with open(gen_dir / "metadata.jsonl", encoding="utf-8") as fh:
+            meta = [json.loads(line) for line in fh]
+        if not (len(vectors) == len(ids) == len(meta) == manifest["count"]) or vectors.shape[1:] != (self.dim,):
+            raise IndexMissing(f"index at {path} is inconsistent: {manifest['generation']} does not match its manifest")
+        self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._n = len(ids)
+        self._ids, self._meta = ids, meta
+        self._row = {doc_id: i for i, doc_id in enumerate(ids)}
+        self._generation = int(manifest["generation"].split("-")[1])
+        graph = gen_dir / "hnsw.faiss"
+        if graph.is_file() and self._n >= self.hnsw_threshold:
+            import faiss
+
+            self._hnsw = faiss.read_index(str(graph))
+            if self._hnsw.ntotal != self._n:
+                self._hnsw = None
+        return self
+
+    @classmethod
+    def open(cls, path: str | Path, *, model_id: str, dim: int, **opts) -> "FaissIndex":
+        """Load the index at `path` if there is one (checking its model), else start an empty one."""
+        if (Path(path) / MANIFEST).is_file():
+            index = cls.load(path, **opts)
+            check_model(index, model_id, dim)
+            return index
+        return cls(path, model_id=model_id, dim=dim, **opts)
+
+    # -- writing ---------------------------------------------------------------------------
+    def upsert(self, docs: Iterable[Document]) -> int:
+        docs = list(docs)
+        if not docs:
+            return 0
+        for d in docs:
+            if not isinstance(d.id, str) or not d.id or len(d.id) > 512:
+                raise InvalidInput(f"document id must be a non-empty string of at most 512 characters, got {d.id!r}")
+            if not isinstance(d.metadata, dict):
+                raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
+        rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]
+        for d, row in zip(docs, rows):
+            if row.shape[0] != self.dim:
+                raise InvalidInput(f"document {d.id!r}: vector has {row.shape[0]} dimensions, the index has {self.dim}")
+        vectors = np.stack(rows)
+        if not np.all(np.isfinite(vectors)):
+            raise InvalidInput("vectors contain NaN or infinity")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise InvalidInput("a vector is all zeros")
+        vectors /= norms
+        with self._lock:
+            self._columns.clear()
+            for doc, vec in zip(docs, vectors):
+                row = self._row.get(doc.id)
+                if row is None:
+                    row = self._append_row()
+                    self._ids.append(doc.id)
+                    self._meta.append(dict(doc.metadata))
+                    self._row[doc.id] = row
+                else:
+                    self._meta[row] = dict(doc.metadata)
+                    self._invalidate_graph_from(row)
+                self._vectors[row] = vec
+        return len(docs)
+
+    def _append_row(self) -> int:
+        if self._n == len(self._vectors):
+            grown = np.zeros((max(1024, 2 * len(self._vectors)), self.dim), dtype=np.float32)
+            grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+        self._n += 1
+        return self._n - 1
+
+    def _invalidate_graph_from(self, row: int) -> None:
+        if self._hnsw is not None and row < self._hnsw.ntotal:
+            self._hnsw = None
+
+    def delete(self, ids: Sequence[str]) -> int:
+        removed = 0
+        with self._lock:
+            self._columns.clear()
+            for doc_id in ids:
+                row = self._row.pop(doc_id, None)
+                if row is None:
+                    continue
+                last = self._n - 1
+                if row != last:  # move the last row into the hole: rows stay dense
+                    self._vectors[row] = self._vectors[last]
+                    self._ids[row], self._meta[row] = self._ids[last], self._meta[last]
+                    self._row[self._ids[row]] = row
+                self._ids.pop()
+                self._meta.pop()
+                self._n -= 1
+                self._invalidate_graph_from(min(row, last))
+                if self._hnsw is not None and self._hnsw.ntotal > self._n:
+                    self._hnsw = None
+                removed += 1
+        return removed
+
+    def save(self) -> None:
+        if self.path is None:
+            raise ValueError("this index has no directory to save to")
+        with self._lock:
+            graph = self._graph() if self._n >= self.hnsw_threshold else None
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._generation += 1
+            gen_name = f"gen-{self._generation:06d}"
+            while (self.path / gen_name).exists():  # left by a writer that died before its manifest
+                shutil.rmtree(self.path / gen_name)
+            tmp_dir = self.path / f".{gen_name}.tmp"
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.mkdir()
+            with open(tmp_dir / "vectors.npy", "wb") as fh:
+                np.save(fh, self._vectors[: self._n])
+                fh.flush()
+                os.fsync(fh.fileno())
+            _atomic_write(tmp_dir / "ids.json", json.dumps(self._ids).encode())
+            _atomic_write(
+                tmp_dir / "metadata.jsonl",
+                "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in self._meta).encode("utf-8"),
+            )
+            if graph is not None:
+                import faiss
+
+                faiss.write_index(graph, str(tmp_dir / "hnsw.faiss"))
+            os.replace(tmp_dir, self.path / gen_name)
+            _fsync_dir(self.path)
+            manifest = {
+                "format": FORMAT_VERSION,
+                "model_id": self.model_id,
+                "dim": self.dim,
+                "count": self._n,
+                "metric": "cosine",
+                "index_type": "hnsw" if graph is not None else "flat",
+                "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                         "threshold": self.hnsw_threshold},
+                "generation": gen_name,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+            _fsync_dir(self.path)
+            for old in self.path.glob("gen-*"):
+                if old.name != gen_name:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    # -- reading ---------------------------------------------------------------------------
+    def count(self) -> int:
+        return self._n
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._ids)
+
+    def get(self, doc_id: str) -> Document:
+        with self._lock:
+            row = self._row.get(doc_id)
+            if row is None:
+                raise NotFound(f"no document with id {doc_id!r} in the index")
+            return Document(doc_id, self._vectors[row].copy(), dict(self._meta[row]))
+
+    def info(self) -> dict[str, Any]:
+        hnsw = self._n >= self.hnsw_threshold
+        return {
+            "backend": self.backend, "model_id": self.model_id, "dim": self.dim, "count": self._n,
+            "index_type": "hnsw" if hnsw else "flat",
+            "params": {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                       "hnsw_threshold": self.hnsw_threshold} if hnsw else {},
+        }
+
+    def search(self, vector, k: int = 10, filters: dict | None = None, min_score: float | None = None) -> list[Hit]:
+        k = check_k(k)
+        q = as_query_vector(vector, self.dim)
+        conds = parse_filters(filters)
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not -1.0 <= min_score <= 1.0):
+            raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
+        with self._lock:
+            n = self._n
+            if n == 0:
+                return []
+            mask = filter_mask(self._meta, conds, self._columns) if conds else None
+            allowed = n if mask is None else int(mask.sum())
+            if allowed == 0:
+                return []
+            k = min(k, allowed)
+            # Few matching rows, or k a large share of them: exact search over those rows is both
+            # cheaper and complete, where a graph walk could miss some.
+            use_graph = n >= self.hnsw_threshold and allowed > max(self.exact_below_fraction * n, 4 * k)
+            rows, scores = self._graph_search(q, k, mask) if use_graph else self._exact_search(q, k, mask)
+            hits = [
+                Hit(self._ids[r], float(np.clip(s, -1.0, 1.0)), dict(self._meta[r]))
+                for r, s in zip(rows, scores)
+                if r >= 0 and (min_score is None or s >= min_score)
+            ]
+        return hits
+
+    def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray | None):
+        if mask is None:
+            rows = np.arange(self._n)
+            scores = self._vectors[: self._n] @ q
+        else:
+            rows = np.flatnonzero(mask)
+            scores = self._vectors[rows] @ q
+        if k < len(scores):
+            top = np.argpartition(-scores, k - 1)[:k]
+        else:
+            top = np.arange(len(scores))
+        top = top[np.lexsort((rows[top], -scores[top]))]  # best first, ties by row: deterministic
+        return rows[top], scores[top]
+
+    def _graph(self):
+        import faiss
+
+        if self._hnsw is None:
+            graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = self.ef_construction
+            self._hnsw = graph
+        if self._hnsw.ntotal < self._n:  # new rows were appended: extend the graph
+            self._hnsw.add(self._vectors[self._hnsw.ntotal : self._n])
+        return self._hnsw
+
+    def _graph_search(self, q: np.ndarray, k: int, mask: np.ndarray | None):
+        import faiss
+
+        graph = self._graph()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, k)
+        if mask is not None:
+            bitmap = np.packbits(mask, bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        scores, rows = graph.search(q.reshape(1, -1), k, params=params)
+        return rows[0], scores[0]

@@ -1,0 +1,120 @@
+"""Metadata filters, one meaning for every backend.
+
+    {"orientation": "landscape"}              equals
+    {"photographer_username": ["a", "b"]}     any of
+    {"width": {"gte": 1000, "lt": 4000}}      range (gt, gte, lt, lte)
+
+Conditions on different fields must all hold. The embedded backend evaluates them with numpy;
+the OpenSearch backend turns them into a bool filter inside the k-NN query.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clipsearch.errors import InvalidInput
+
+RANGE_OPS = ("gt", "gte", "lt", "lte")
+MAX_VALUES = 100
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+Scalar = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    values: tuple | None = None  # any of
+    ranges: tuple[tuple[str, float], ...] = ()
+
+
+def parse_filters(filters: Any) -> list[Condition]:
+    """Validate a filters object into conditions; InvalidInput says what to fix."""
+    if filters is None:
+        return []
+    if not isinstance(filters, dict):
+        raise InvalidInput(f"filters must be an object mapping field to value, got {type(filters).__name__}")
+    conds = []
+    for name, spec in filters.items():
+        if not isinstance(name, str) or not _FIELD.match(name):
+            raise InvalidInput(f"filter field {name!r} is not a valid field name")
+        conds.append(_parse_one(name, spec))
+    return conds
+
+
+def _check_scalar(name: str, v: Any) -> Any:
+    if not isinstance(v, Scalar):
+        raise InvalidInput(f"filter {name!r}: values must be strings, numbers or booleans, got {type(v).__name__}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InvalidInput(f"filter {name!r}: numbers must be finite")
+    if isinstance(v, str) and len(v) > 256:
+        raise InvalidInput(f"filter {name!r}: values are limited to 256 characters")
+    return v
+
+
+def _parse_one(name: str, spec: Any) -> Condition:
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(RANGE_OPS)
+        if unknown or not spec:
+            raise InvalidInput(f"filter {name!r}: a range takes gt, gte, lt or lte, got {sorted(map(str, spec)) or 'nothing'}")
+        ranges = []
+        for op in RANGE_OPS:
+            if op in spec:
+                v = spec[op]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise InvalidInput(f"filter {name!r}: {op} needs a finite number, got {v!r}")
+                ranges.append((op, float(v)))
+        return Condition(name, ranges=tuple(ranges))
+    if isinstance(spec, list):
+        if not spec or len(spec) > MAX_VALUES:
+            raise InvalidInput(f"filter {name!r}: a list needs 1 to {MAX_VALUES} values")
+        return Condition(name, values=tuple(_check_scalar(name, v) for v in spec))
+    return Condition(name, values=(_check_scalar(name, spec),))
+
+
+def _column_matches(column: np.ndarray, cond: Condition) -> np.ndarray:
+    nums = None
+    if cond.values is None or any(_is_num(v) for v in cond.values):
+        nums = np.fromiter((_as_num(c) for c in column), np.float64, len(column))
+    if cond.values is not None:
+        mask = np.zeros(len(column), dtype=bool)
+        for v in cond.values:
+            if isinstance(v, str):
+                mask |= column == v
+            elif isinstance(v, bool):  # True must not match 1
+                mask |= np.fromiter((c is v for c in column), bool, len(column))
+            else:
+                mask |= nums == float(v)
+        return mask
+    mask = ~np.isnan(nums)
+    for op, v in cond.ranges:
+        mask &= {"gt": nums > v, "gte": nums >= v, "lt": nums < v, "lte": nums <= v}[op]
+    return mask
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _as_num(c: Any) -> float:
+    if _is_num(c):
+        return float(c)
+    return math.nan
+
+
+def filter_mask(metadata: list[dict], conds: list[Condition], columns: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """A boolean mask over `metadata` rows matching every condition."""
+    mask = np.ones(len(metadata), dtype=bool)
+    for cond in conds:
+        column = columns.get(cond.field) if columns is not None else None
+        if column is None:
+            column = np.empty(len(metadata), dtype=object)
+            column[:] = [m.get(cond.field) for m in metadata]
+            if columns is not None:
+                columns[cond.field] = column
+        mask &= _column_matches(column, cond)
+    return mask

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random-weight CLIP built locally, generated images, a temp index."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+EVENTS = Path(__file__).resolve().parent / "events"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP checkpoint (config, safetensors, tokenizer, preprocessor config)."""
+    from clipsearch.modelgen import build_random_clip
+
+    return build_random_clip(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    from clipsearch.encoder import TorchClipEncoder
+
+    return TorchClipEncoder(str(tiny_model_dir), threads=1, load=("text", "vision"))
+
+
+def make_image(seed: int, size=(64, 48), fmt: str = "JPEG", mode: str = "RGB", **save_kwargs) -> bytes:
+    """A distinct, deterministic image: a random low-frequency pattern, upscaled."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(small, "RGB").resize(size, Image.Resampling.BILINEAR)
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image_bytes():
+    return make_image
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """Twelve distinct JPEG/PNG photos in nested folders."""
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(12):
+        sub = root / ("sub" if i % 3 == 0 else "")
+        sub.mkdir(exist_ok=True)
+        fmt, ext = ("PNG", "png") if i % 4 == 0 else ("JPEG", "jpg")
+        (sub / f"photo{i:02d}.{ext}").write_bytes(make_image(i, size=(80 + i, 60), fmt=fmt))
+    return root
