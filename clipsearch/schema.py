@@ -1,0 +1,46 @@
+"""The metadata every document carries: one list for ingest, the backends, the API and the UI.
+
+Ingest writes these fields (missing ones are left out, never invented); the OpenSearch backend
+maps them with these types; the server returns them in each result; the front-end shows them.
+Filters may name any field whose type is filterable.
+"""
+
+from __future__ import annotations
+
+# name -> type. "keyword": exact-match string; "integer"/"float"/"boolean": numbers and flags;
+# "text": free text, returned but not filterable; "stored": returned, not indexed (URLs, paths).
+FIELDS: dict[str, str] = {
+    "source": "keyword",                # "unsplash" | "folder"
+    "url": "stored",                    # image URL to display (absent for local files)
+    "path": "stored",                   # local file path (folder source)
+    "page_url": "stored",               # the photo's page (Unsplash requires linking it)
+    "photographer": "keyword",          # display name
+    "photographer_username": "keyword",
+    "photographer_url": "stored",       # profile link
+    "description": "text",
+    "ai_description": "text",
+    "width": "integer",
+    "height": "integer",
+    "orientation": "keyword",           # "landscape" | "portrait" | "squarish"
+    "aspect_ratio": "float",
+    "location": "text",                 # "City, Country" as given
+    "location_country": "keyword",
+    "location_city": "keyword",
+    "color": "keyword",                 # average colour, "#RRGGBB"
+    "blur_hash": "stored",
+    "submitted_at": "keyword",          # ISO date as given by the source
+    "featured": "boolean",
+    "content_hash": "keyword",          # sha256 of the file bytes
+}
+
+FILTERABLE = frozenset(n for n, t in FIELDS.items() if t in ("keyword", "integer", "float", "boolean"))
+
+
+def orientation(width: int, height: int, tolerance: float = 0.05) -> str:
+    """'landscape', 'portrait' or 'squarish' (within 5% of square)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"bad dimensions {width}x{height}")
+    ratio = width / height
+    if abs(ratio - 1.0) <= tolerance:
+        return "squarish"
+    return "landscape" if ratio > 1 else "portrait"
