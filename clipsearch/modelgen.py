@@ -17,7 +17,8 @@ _WORDS = (
     "city street night photo picture red blue green yellow black white people person man woman "
     "child car cars tree trees forest sea ocean sky snow house building food coffee flowers "
     "flower bird birds water river lake road bridge portrait landscape close up running sitting "
-    "playing walking standing over under near small large old new"
+    "playing walking standing over under near small large old new sunny cup wooden table covered "
+    "for by from is are this that photo photograph colorful bright dark"
 ).split()
 
 PRESETS = {
