@@ -39,6 +39,8 @@ class Settings:
     threads: int | None = None
     backend: str = "faiss"  # "faiss" | "opensearch"
     index_path: str = "data/index"
+    # s3://bucket/prefix: the deployed function copies the embedded index from here to index_path.
+    index_s3_uri: str | None = None
     hnsw_threshold: int = 50_000
     opensearch_url: str | None = None
     opensearch_index: str = "clipsearch"
@@ -50,6 +52,8 @@ class Settings:
     preload_image_tower: bool = False
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # Browser origins the handler echoes in Access-Control-Allow-Origin; empty = no CORS headers.
+    cors_allow_origins: tuple[str, ...] = ()
 
     @property
     def model_source(self) -> str:
@@ -69,6 +73,7 @@ class Settings:
             threads=threads,
             backend=get("BACKEND", "faiss").lower(),
             index_path=get("INDEX_PATH", "data/index"),
+            index_s3_uri=get("INDEX_S3_URI"),
             hnsw_threshold=_int(env, "HNSW_THRESHOLD", 50_000),
             opensearch_url=get("OPENSEARCH_URL"),
             opensearch_index=get("OPENSEARCH_INDEX", "clipsearch"),
@@ -80,4 +85,5 @@ class Settings:
             preload_image_tower=_bool(env, "PRELOAD_IMAGE_TOWER", False),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
+            cors_allow_origins=tuple(o.strip() for o in env.get("CORS_ALLOW_ORIGINS", "").split(",") if o.strip()),
         )
