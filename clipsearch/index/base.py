@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, ContextManager, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -56,6 +56,11 @@ class VectorIndex(Protocol):
 
     def info(self) -> dict[str, Any]:
         """Backend, index type and parameters, for reports."""
+
+    def loading(self) -> ContextManager[None]:
+        """Wrap a bulk load: a backend may trade freshness for speed inside it (OpenSearch turns
+        refresh and replicas off) and must restore its settings on exit, even on error.
+        Ingest calls `save()` inside the block when it is done."""
 
 
 def check_model(index: VectorIndex, model_id: str, dim: int) -> None:

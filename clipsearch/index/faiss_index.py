@@ -17,6 +17,7 @@ applied inside the graph search (and exact search over the matching rows when th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -252,6 +253,10 @@ class FaissIndex:
             for old in self.path.glob("gen-*"):
                 if old.name != gen_name:
                     shutil.rmtree(old, ignore_errors=True)
+
+    def loading(self):
+        """Nothing to switch for the embedded index: writes are in memory until `save()`."""
+        return contextlib.nullcontext()
 
     # -- reading ---------------------------------------------------------------------------
     def count(self) -> int:
