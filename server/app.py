@@ -10,6 +10,7 @@ local server started before the index existed recovers once ingest has run.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import sys
@@ -28,6 +29,7 @@ from server.models import parse_request
 from server.service import SearchService
 
 RETRY_INIT_S = 10.0
+QUERY_THREADS = 1  # TORCH_THREADS unset: see _build
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 JSON_OVERHEAD_BYTES = 64 * 1024
 
@@ -97,6 +99,10 @@ class App:
         if self._settings_error is not None:
             raise ServiceUnavailable("bad_configuration", f"the function's settings are invalid: {self._settings_error}")
         s = self.settings
+        if s.threads is None:
+            # One query at a time, on Lambda's fraction of a vCPU or a busy host: intra-op threads
+            # cost more than they give (measured: 24 ms at 1 thread, 850 ms at 2 on a loaded 2-core host).
+            s = self.settings = dataclasses.replace(s, threads=QUERY_THREADS)
         if self._encoder is None:
             self._encoder = load_encoder(s, load=("text", "vision") if s.preload_image_tower else ("text",))
         if self._index is None:
