@@ -30,6 +30,7 @@ CHUNK = 64 * 1024
 USER_AGENT = "clipsearch/1.0 (+image search query fetch)"
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 reached through a NAT64 gateway
 
 
 class UrlRefused(InvalidInput):
@@ -47,7 +48,11 @@ class UrlFetchFailed(InvalidInput):
 def is_public_address(ip: IpAddress) -> bool:
     """True only for globally routable unicast addresses (IPv4 inside IPv6 judged as IPv4)."""
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d
+            return is_public_address(ip.ipv4_mapped)
+        embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None and not is_public_address(embedded):
             return False
     return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast

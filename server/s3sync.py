@@ -51,8 +51,9 @@ def sync_index(uri: str, dest: str | Path, client=None) -> int:
         if not set(GENERATION_FILES) <= names:
             raise IndexMissing(f"the index at {uri} is incomplete: {generation} lacks "
                                f"{', '.join(sorted(set(GENERATION_FILES) - names))} (an upload in progress?)")
-        for key in keys:
-            _download(client, bucket, key, dest / _relative(key, prefix))
+        targets = [(key, dest / _relative(key, prefix)) for key in keys]  # all checked before any is written
+        for key, path in targets:
+            _download(client, bucket, key, path)
         _write_atomic(dest / MANIFEST, manifest_bytes)
         return len(keys) + 1
     except ClientError as exc:
