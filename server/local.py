@@ -209,6 +209,12 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0 or length > MAX_REQUEST_BYTES:
+            remaining = length if length <= 4 * MAX_REQUEST_BYTES else 0
+            while remaining > 0:  # drain it, so the client reads our 413 rather than a broken pipe
+                chunk = self.rfile.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
             self.close_connection = True
             return self._reply(413, {"Content-Type": "application/json"}, b'{"message": "Request Too Long"}')
         body = self.rfile.read(length) if length else b""
