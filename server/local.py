@@ -246,7 +246,8 @@ class LocalStack:
     def __init__(self, env: dict[str, str] | None = None, *, lambda_port: int = 0, gateway_port: int = 0,
                  timeout_s: float = API_GATEWAY_TIMEOUT_S, host: str = "127.0.0.1",
                  log: str | Path | IO | None = None, startup_timeout_s: float = 180.0,
-                 function_timeout_s: int = FUNCTION_TIMEOUT_S, rie: str | Path | None = None):
+                 function_timeout_s: int = FUNCTION_TIMEOUT_S, rie: str | Path | None = None,
+                 python: list[str] | None = None):
         self.env = dict(env or {})
         self.host, self.timeout_s, self.startup_timeout_s = host, timeout_s, startup_timeout_s
         self.function_timeout_s = function_timeout_s
@@ -254,6 +255,7 @@ class LocalStack:
         self._gateway_port = gateway_port
         self.log = log
         self.rie_path = Path(rie) if rie else find_rie()
+        self.python = python or [sys.executable]  # the runtime's interpreter (and its flags)
         self.process: subprocess.Popen | None = None
         self.gateway: Gateway | None = None
         self.invoker: Invoker | None = None
@@ -296,7 +298,7 @@ class LocalStack:
                 "--runtime-interface-emulator-address", f"{self.host}:{self.lambda_port}",
                 # The runtime API's default port (9001) would collide between stacks run side by side.
                 "--runtime-api-address", f"127.0.0.1:{free_port()}",
-                sys.executable, "-m", "awslambdaric", "server.handler.handler"]
+                *self.python, "-m", "awslambdaric", "server.handler.handler"]
 
     def process_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
