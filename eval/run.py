@@ -1,0 +1,196 @@
+"""python -m eval: measure retrieval quality through the production ingest and search path.
+
+    python -m eval retrieval CAPTIONS [--images DIR] [--split test]    # Flickr30k / MS-COCO
+    python -m eval zeroshot FOLDER [--split test] [--prompt "{}"]      # CIFAR-100, ImageNet folders
+
+Steps: load the dataset (bad entries skipped and counted), link the chosen images into a
+staging folder, ingest it with `python -m ingest folder` into the index the options name, map
+index documents back to dataset items by content hash, encode the queries with the production
+encoder, search with the backend's `search`, compute the metrics, print a table, write JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+from clipsearch.config import Settings
+from clipsearch.errors import ClipsearchError
+from eval.collection import content_hashes, ingest_folder, map_collection, stage
+from eval.datasets import DatasetError, Skips, load_captions, load_labelled_folder
+from eval.metrics import TIES
+from eval.report import build_report, format_table, write_report
+from eval.tasks import Timer, evaluate_retrieval, evaluate_zeroshot, self_check
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k takes comma-separated positive integers, got {text!r}") from None
+    if not ks or ks[0] < 1 or ks[-1] > 99:
+        raise argparse.ArgumentTypeError(f"--k takes integers between 1 and 99, got {text!r}")
+    return ks
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _prompt(text: str) -> str:
+    if text.count("{}") != 1:
+        raise argparse.ArgumentTypeError(f"--prompt must contain {{}} exactly once (the class name), got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=("faiss", "opensearch"), help="k-NN backend (default: BACKEND or faiss)")
+    common.add_argument("--index", help="embedded index directory to fill and search (default: a temporary one, "
+                                        "removed afterwards); an existing one is reused, ingest skips what it holds")
+    common.add_argument("--hnsw-threshold", type=_positive,
+                        help="embedded index: HNSW at or above this many documents (1 forces HNSW; "
+                             "default HNSW_THRESHOLD)")
+    common.add_argument("--k", type=_ks, default=[1, 5, 10], help="the K of Recall@K / top-K, e.g. 1,5,10")
+    common.add_argument("--limit", type=_positive, help="evaluate only this many images (a quick, easier subset)")
+    common.add_argument("--split", default="test", help="dataset split (default: test)")
+    common.add_argument("--out", help="write the JSON report here")
+    common.add_argument("--name", help="dataset name in the report, which also picks the reference figures "
+                                       "(flickr30k, coco, cifar100; default: from the captions file or folder)")
+    common.add_argument("--skip-ingest", action="store_true",
+                        help="do not run ingest: evaluate the index as it is (filled by `python -m ingest folder`)")
+    common.add_argument("--self-check", type=_non_negative, default=50, metavar="N",
+                        help="re-encode N images from their files as image queries; each must find itself "
+                             "(0 turns it off; default 50)")
+    common.add_argument("--ties", choices=TIES, default="pessimistic",
+                        help="tied scores: pessimistic (a relevant item ranks after every non-relevant one it "
+                             "ties with) or order (trust the backend's order)")
+
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="task", required=True)
+    ret = sub.add_parser("retrieval", parents=[common], help="text->image and image->text Recall@K on a captioned set")
+    ret.add_argument("captions", help="dataset_flickr30k.json / dataset_coco.json (Karpathy split), or a "
+                                      "captions file with IMAGE<TAB>CAPTION lines (results_20130124.token, captions.tsv)")
+    ret.add_argument("--images", help="the images folder (default: the captions file's folder)")
+    ret.add_argument("--split-file", help="captions-file layout: a file listing the split's image file names")
+    ret.add_argument("--no-image-to-text", action="store_true", help="skip the image->text direction")
+    zs = sub.add_parser("zeroshot", parents=[common], help="zero-shot top-K over a folder with one subfolder per class")
+    zs.add_argument("folder", help="ROOT/CLASS/image files, or ROOT/SPLIT/CLASS/image files")
+    zs.add_argument("--prompt", type=_prompt, default="{}",
+                    help='text for each class, {} = the folder name (default "{}", as rclip does; '
+                         'CLIP\'s paper uses "a photo of a {}.")')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="clipsearch-eval-") as tmp:
+            report = run(args, Path(tmp))
+    except (DatasetError, ClipsearchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if args.out:
+        write_report(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _settings(args, tmp: Path) -> Settings:
+    settings = Settings.from_env()
+    changes: dict = {}
+    if args.backend:
+        changes["backend"] = args.backend
+    if args.hnsw_threshold:
+        changes["hnsw_threshold"] = args.hnsw_threshold
+    backend = changes.get("backend", settings.backend)
+    if args.index:
+        changes["index_path"] = args.index
+    elif backend == "faiss":
+        changes["index_path"] = str(tmp / "index")
+    return dataclasses.replace(settings, **changes)
+
+
+def run(args, tmp: Path) -> dict:
+    from clipsearch.encoder import load_encoder
+    from clipsearch.index import check_model, open_index
+
+    settings = _settings(args, tmp)
+    if args.task == "retrieval":
+        ds = load_captions(args.captions, args.images, split=args.split, split_file=args.split_file)
+        source = args.captions
+    else:
+        ds = load_labelled_folder(args.folder, split=args.split)
+        source = args.folder
+    if args.name:
+        ds.name = args.name
+    full = len(ds.images)
+    ds = ds.limit(args.limit)
+    if not ds.images:
+        raise DatasetError(f"no usable images in {source} for split {ds.split!r} "
+                           f"({dict(ds.skips.counts) or 'nothing skipped'})")
+    hashes = content_hashes(ds.images, ds.skips)
+    ingest = {"skipped": True}
+    if not args.skip_ingest:
+        ingest = ingest_folder(stage([i for i in ds.images if i.key in hashes], tmp / "staged"), settings)
+
+    encoder = load_encoder(settings, load=("text",))
+    index = open_index(settings)
+    check_model(index, encoder.model_id, encoder.dim)
+    coll = map_collection(hashes, index.ids(), ingest)
+    if not coll.doc_of:
+        raise DatasetError(f"none of the {len(hashes)} images is in the index at {settings.index_path}: "
+                           f"ingest exit code {ingest.get('exit_code')}")
+
+    timer = Timer()
+    if args.task == "retrieval":
+        metrics, counts = evaluate_retrieval(ds, coll, index, encoder, ks=args.k, ties=args.ties,
+                                             image_to_text=not args.no_image_to_text, timer=timer)
+    else:
+        metrics, counts = evaluate_zeroshot(ds, coll, index, encoder, ks=args.k, ties=args.ties,
+                                            prompt=args.prompt, timer=timer)
+    self_metrics, self_queries = self_check(ds.images, coll, index, encoder, settings, n=args.self_check,
+                                            ks=args.k, ties=args.ties, timer=timer)
+    if self_metrics:
+        metrics["image_to_image_self"] = self_metrics
+    counts.update(_collection_counts(ds.skips, coll, full, len(ds.images)), self_check_queries=self_queries)
+    dataset = {"name": ds.name, "source": str(source), "split": ds.split,
+               "layout": getattr(ds, "layout", "labelled-folder"), "limit": args.limit,
+               "problems": ds.skips.problems}
+    if args.task == "zeroshot":
+        dataset["prompt"] = args.prompt
+    return build_report(task=args.task, dataset=dataset, index_info=index.info(), model_id=encoder.model_id,
+                        encoder=settings.encoder, counts=counts, metrics=metrics, ties=args.ties, ks=args.k,
+                        timings=timer.seconds, ingest=ingest)
+
+
+def _collection_counts(skips: Skips, coll, full: int, used: int) -> dict:
+    return {
+        "images_in_split": full,
+        "images_evaluated": used,
+        "skipped": dict(skips.counts),
+        "not_indexed": len(coll.not_indexed),
+        "duplicate_images": coll.duplicate_items,
+        "index_documents": coll.index_docs,
+        "distractor_documents": coll.extra_docs,
+    }
