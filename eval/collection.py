@@ -65,11 +65,12 @@ def stage(items: Sequence[ImageItem], folder: Path) -> Path:
     return folder
 
 
-def ingest_folder(folder: Path, settings) -> dict:
-    """Run production ingest over `folder` into the index the settings name."""
+def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
+    """Run production ingest over `folder` into the index the settings name. `cache_dir` holds
+    ingest's embedding cache and folder state (kept only if the caller keeps the folder)."""
     from ingest.cli import main as ingest_main  # the real pipeline, imported only when used
 
-    argv = ["folder", str(folder), "--backend", settings.backend]
+    argv = ["folder", str(folder), "--backend", settings.backend, "--cache-dir", str(cache_dir)]
     if settings.backend == "faiss":
         argv += ["--index", str(settings.index_path)]
     t0 = time.perf_counter()

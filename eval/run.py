@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--backend", choices=("faiss", "opensearch"), help="k-NN backend (default: BACKEND or faiss)")
     common.add_argument("--index", help="embedded index directory to fill and search (default: a temporary one, "
                                         "removed afterwards); an existing one is reused, ingest skips what it holds")
+    common.add_argument("--cache-dir", help="ingest's embedding cache (default: a temporary one); keep one to "
+                                            "re-ingest the same images into another index or backend without "
+                                            "encoding them again")
     common.add_argument("--hnsw-threshold", type=_positive,
                         help="embedded index: HNSW at or above this many documents (1 forces HNSW; "
                              "default HNSW_THRESHOLD)")
@@ -152,7 +155,8 @@ def run(args, tmp: Path) -> dict:
     hashes = content_hashes(ds.images, ds.skips)
     ingest = {"skipped": True}
     if not args.skip_ingest:
-        ingest = ingest_folder(stage([i for i in ds.images if i.key in hashes], tmp / "staged"), settings)
+        staged = stage([i for i in ds.images if i.key in hashes], tmp / "staged")
+        ingest = ingest_folder(staged, settings, Path(args.cache_dir) if args.cache_dir else tmp / "ingest-cache")
 
     encoder = load_encoder(settings, load=("text",))
     index = open_index(settings)
