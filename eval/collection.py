@@ -11,6 +11,7 @@ in real datasets) become one document that stands for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -71,12 +72,31 @@ def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
     from ingest.cli import main as ingest_main  # the real pipeline, imported only when used
 
     argv = ["folder", str(folder), "--backend", settings.backend, "--cache-dir", str(cache_dir)]
+    env = {}
     if settings.backend == "faiss":
         argv += ["--index", str(settings.index_path)]
+    else:  # ingest takes the OpenSearch index name from the environment only
+        env["OPENSEARCH_INDEX"] = settings.opensearch_index
     t0 = time.perf_counter()
-    code = ingest_main(argv)
-    return {"argv": ["python", "-m", "ingest", *argv], "exit_code": code,
+    with _environ(env):
+        code = ingest_main(argv)
+    shown = [f"{k}={v}" for k, v in env.items()]
+    return {"argv": [*shown, "python", "-m", "ingest", *argv], "exit_code": code,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def map_collection(hashes: dict[str, str], index_ids: Sequence[str], ingest: dict | None = None) -> Collection:

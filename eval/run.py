@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--backend", choices=("faiss", "opensearch"), help="k-NN backend (default: BACKEND or faiss)")
     common.add_argument("--index", help="embedded index directory to fill and search (default: a temporary one, "
-                                        "removed afterwards); an existing one is reused, ingest skips what it holds")
+                                        "removed afterwards; an existing one is reused, ingest skips what it "
+                                        "holds); with --backend opensearch, the OpenSearch index name (required "
+                                        "unless --skip-ingest: never the collection users search)")
     common.add_argument("--cache-dir", help="ingest's embedding cache (default: a temporary one); keep one to "
                                             "re-ingest the same images into another index or backend without "
                                             "encoding them again")
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ClipsearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print()
     print(format_table(report))
     if args.out:
         write_report(report, args.out)
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args, tmp: Path) -> Settings:
+    """The environment's settings with the options applied. `--index` names the embedded index
+    directory, or for OpenSearch the index (alias) to fill and search."""
     settings = Settings.from_env()
     changes: dict = {}
     if args.backend:
@@ -127,11 +132,22 @@ def _settings(args, tmp: Path) -> Settings:
     if args.hnsw_threshold:
         changes["hnsw_threshold"] = args.hnsw_threshold
     backend = changes.get("backend", settings.backend)
-    if args.index:
-        changes["index_path"] = args.index
-    elif backend == "faiss":
-        changes["index_path"] = str(tmp / "index")
+    if backend == "opensearch":
+        if args.index:
+            changes["opensearch_index"] = args.index
+        elif not args.skip_ingest:
+            # Ingesting into OPENSEARCH_INDEX would add the dataset to the collection users search.
+            raise DatasetError("with --backend opensearch, name an index of its own for the evaluation with "
+                               "--index NAME (or pass --skip-ingest to evaluate OPENSEARCH_INDEX as it is)")
+    else:
+        changes["index_path"] = args.index or str(tmp / "index")
     return dataclasses.replace(settings, **changes)
+
+
+def _where(settings: Settings) -> str:
+    if settings.backend == "opensearch":
+        return f"OpenSearch index {settings.opensearch_index!r}"
+    return f"the index at {settings.index_path}"
 
 
 def run(args, tmp: Path) -> dict:
@@ -163,7 +179,7 @@ def run(args, tmp: Path) -> dict:
     check_model(index, encoder.model_id, encoder.dim)
     coll = map_collection(hashes, index.ids(), ingest)
     if not coll.doc_of:
-        raise DatasetError(f"none of the {len(hashes)} images is in the index at {settings.index_path}: "
+        raise DatasetError(f"none of the {len(hashes)} images is in {_where(settings)}: "
                            f"ingest exit code {ingest.get('exit_code')}")
 
     timer = Timer()

@@ -261,6 +261,8 @@ def test_unusable_inputs_are_clear_errors(flickr, folders, tmp_path, capsys, tin
         (["retrieval", json_file, "--images", images, "--index", str(tmp_path / "empty"), "--skip-ingest"],
          "no embedded index"),
         (["zeroshot", str(folders), "--index", str(tmp_path / "empty"), "--skip-ingest"], "no embedded index"),
+        # never ingest a dataset into the OpenSearch collection users search
+        (["retrieval", json_file, "--images", images, "--backend", "opensearch"], "--index NAME"),
     ]
     other = FaissIndex(tmp_path / "other", model_id="someone/else", dim=tiny_encoder.dim)
     other.upsert([Document("x", np.ones(tiny_encoder.dim, dtype=np.float32))])
