@@ -23,6 +23,8 @@ GROUP_TITLES = {
     "image_to_image_self": "image->image (self)",
     "zero_shot": "zero-shot",
     "class_query": "class-name query",
+    "text_to_image_vs_exact": "text->image vs exact",
+    "class_query_vs_exact": "class-name query vs exact",
 }
 
 

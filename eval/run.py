@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--self-check", type=_non_negative, default=50, metavar="N",
                         help="re-encode N images from their files as image queries; each must find itself "
                              "(0 turns it off; default 50)")
+    common.add_argument("--vs-exact", action="store_true",
+                        help="also compare every query's results with exact search over the stored vectors "
+                             "(overlap@K): what HNSW or compressed vectors cost")
     common.add_argument("--ties", choices=TIES, default="pessimistic",
                         help="tied scores: pessimistic (a relevant item ranks after every non-relevant one it "
                              "ties with) or order (trust the backend's order)")
@@ -185,10 +188,11 @@ def run(args, tmp: Path) -> dict:
     timer = Timer()
     if args.task == "retrieval":
         metrics, counts = evaluate_retrieval(ds, coll, index, encoder, ks=args.k, ties=args.ties,
-                                             image_to_text=not args.no_image_to_text, timer=timer)
+                                             image_to_text=not args.no_image_to_text, vs_exact=args.vs_exact,
+                                             timer=timer)
     else:
         metrics, counts = evaluate_zeroshot(ds, coll, index, encoder, ks=args.k, ties=args.ties,
-                                            prompt=args.prompt, timer=timer)
+                                            prompt=args.prompt, vs_exact=args.vs_exact, timer=timer)
     self_metrics, self_queries = self_check(ds.images, coll, index, encoder, settings, n=args.self_check,
                                             ks=args.k, ties=args.ties, timer=timer)
     if self_metrics:

@@ -66,13 +66,31 @@ def stored_vector(index, doc_id: str, cache: dict[str, np.ndarray]) -> np.ndarra
     return cache[doc_id]
 
 
+def agreement_with_exact(index, vectors: Sequence[np.ndarray], rankings: Sequence, ks: Sequence[int],
+                         model_id: str) -> dict[str, float]:
+    """How much of the exact top-K the backend returned (mean |backend ∩ exact| / K) for the same
+    queries, exact search running over the vectors the index stores: 1.0 on an exact index,
+    below it by what HNSW or compressed vectors cost, whatever the dataset's ground truth."""
+    ids = index.ids()
+    exact = memory_index(ids, np.stack([index.get(i).vector for i in ids]), model_id)
+    k_max = max(ks)
+    sums = dict.fromkeys(ks, 0.0)
+    for vector, ranking in zip(vectors, rankings):
+        truth = [h.id for h in exact.search(vector, k=k_max)]
+        for k in ks:
+            want = set(truth[:k])
+            sums[k] += len(want & {key for key, _ in ranking[:k]}) / max(1, len(want))
+    return {f"overlap@{k}": sums[k] / len(rankings) if rankings else float("nan") for k in ks}
+
+
 def _named(values: dict[int, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in values.items()}
 
 
 # -- captioned image sets -------------------------------------------------------------------
 def evaluate_retrieval(ds: CaptionDataset, coll: Collection, index, encoder, *, ks: Sequence[int], ties: str,
-                       image_to_text: bool = True, timer: Timer | None = None) -> tuple[dict, dict]:
+                       image_to_text: bool = True, vs_exact: bool = False,
+                       timer: Timer | None = None) -> tuple[dict, dict]:
     timer = timer or Timer()
     k_fetch = max(ks) + 1
     captions = [c for c in ds.captions if c.image in coll.doc_of]
@@ -81,9 +99,14 @@ def evaluate_retrieval(ds: CaptionDataset, coll: Collection, index, encoder, *, 
     timer.add("encode_text", t0)
 
     t0 = time.perf_counter()
-    ranks = search_ranks(index, vectors, ({coll.doc_of[c.image]} for c in captions), k_fetch, ties)
+    rankings: list = []
+    ranks = search_ranks(index, vectors, ({coll.doc_of[c.image]} for c in captions), k_fetch, ties, keep=rankings)
     timer.add("search_text_to_image", t0)
     metrics = {"text_to_image": _named(recall_at_k(ranks, ks), "R@")}
+    if vs_exact:
+        t0 = time.perf_counter()
+        metrics["text_to_image_vs_exact"] = agreement_with_exact(index, vectors, rankings, ks, encoder.model_id)
+        timer.add("exact_comparison", t0)
 
     if image_to_text and captions:
         t0 = time.perf_counter()
@@ -109,7 +132,7 @@ def class_texts(classes: Sequence[str], prompt: str) -> list[str]:
 
 
 def evaluate_zeroshot(ds: LabelledDataset, coll: Collection, index, encoder, *, ks: Sequence[int], ties: str,
-                      prompt: str = "{}", timer: Timer | None = None) -> tuple[dict, dict]:
+                      prompt: str = "{}", vs_exact: bool = False, timer: Timer | None = None) -> tuple[dict, dict]:
     """rclip's measure (each image ranks every class text; right when its class is in the top K)
     and the search-engine view of it (each class text queries the index; a hit when the top K
     results hold an image of that class, with precision@K beside it)."""
@@ -143,6 +166,11 @@ def evaluate_zeroshot(ds: LabelledDataset, coll: Collection, index, encoder, *, 
         "zero_shot": _named(recall_at_k(cls_ranks, [k for k in ks if k <= len(ds.classes)]), "top-"),
         "class_query": {**_named(recall_at_k(q_ranks, ks), "hit@"), **precision},
     }
+    if vs_exact:
+        t0 = time.perf_counter()
+        metrics["class_query_vs_exact"] = agreement_with_exact(index, [vectors[n] for n in queried], rankings, ks,
+                                                               encoder.model_id)
+        timer.add("exact_comparison", t0)
     counts = {"classes": len(ds.classes), "image_queries": len(items),
               "class_queries": len(queried)}
     return metrics, counts

@@ -170,7 +170,7 @@ def test_zeroshot_end_to_end_through_ingest(folders, tmp_path, capsys):
 def test_retrieval_report_structure_and_exact_recall(flickr, flickr_index, tiny_encoder, tmp_path, capsys):
     report, printed = run_eval(["retrieval", str(flickr / "dataset_flickr30k.json"), "--images",
                                 str(flickr / "flickr30k-images"), "--index", str(flickr_index), "--skip-ingest",
-                                "--k", "1,2,5,10"], tmp_path, capsys)
+                                "--k", "1,2,5,10", "--vs-exact"], tmp_path, capsys)
     assert report["task"] == "retrieval" and report["model_id"] == "clipsearch/tiny-test"
     assert report["backend"] == "faiss" and report["index"]["index_type"] == "flat"
     assert report["dataset"]["split"] == "test" and report["ties"] == "pessimistic"
@@ -181,6 +181,8 @@ def test_retrieval_report_structure_and_exact_recall(flickr, flickr_index, tiny_
         values = [report["metrics"][group][f"R@{k}"] for k in (1, 2, 5, 10)]
         assert all(0.0 <= v <= 1.0 for v in values) and values == sorted(values)
     assert report["metrics"]["image_to_image_self"]["R@1"] == 1.0
+    # the exact index agrees with exact search over its own vectors, down to the tie-break
+    assert report["metrics"]["text_to_image_vs_exact"] == {f"overlap@{k}": 1.0 for k in (1, 2, 5, 10)}
     assert [r["group"] for r in report["reference"]] == ["text_to_image", "image_to_text"]
     t2i, i2t = brute_force_recall(flickr_index, report, flickr, tiny_encoder, [1, 2, 5, 10])
     assert report["metrics"]["text_to_image"] == pytest.approx(t2i)
@@ -216,23 +218,27 @@ def test_a_broken_ranking_gives_lower_recall(flickr, flickr_index, tmp_path, cap
             return list(reversed(self.inner.search(vector, k=self.inner.count(), **kw)))[:k]
 
     argv = ["retrieval", str(flickr / "dataset_flickr30k.json"), "--images", str(flickr / "flickr30k-images"),
-            "--index", str(flickr_index), "--skip-ingest", "--ties", "order"]
+            "--index", str(flickr_index), "--skip-ingest", "--ties", "order", "--vs-exact"]
     good, _ = run_eval(argv, tmp_path, capsys)
     monkeypatch.setattr(clipsearch.index, "open_index", lambda settings: Reversed(real_open(settings)))
     bad, _ = run_eval(argv, tmp_path, capsys)
     assert good["metrics"]["image_to_image_self"]["R@1"] == 1.0
     assert bad["metrics"]["image_to_image_self"]["R@1"] == 0.0
     assert bad["metrics"]["image_to_image_self"]["R@5"] < good["metrics"]["image_to_image_self"]["R@5"]
+    assert good["metrics"]["text_to_image_vs_exact"]["overlap@1"] == 1.0
+    assert bad["metrics"]["text_to_image_vs_exact"]["overlap@1"] == 0.0
 
 
 def test_zeroshot_on_an_index_filled_directly(folders, tiny_encoder, tmp_path, capsys):
     index_dir = tmp_path / "index"
     fill_index(index_dir, sorted((folders / "test").rglob("*.png")), tiny_encoder)
     report, _ = run_eval(["zeroshot", str(folders), "--index", str(index_dir), "--skip-ingest",
-                          "--prompt", "a photo of a {}.", "--limit", "6", "--self-check", "0"], tmp_path, capsys)
+                          "--prompt", "a photo of a {}.", "--limit", "6", "--self-check", "0", "--vs-exact"],
+                         tmp_path, capsys)
     assert report["dataset"]["prompt"] == "a photo of a {}."
     assert report["counts"]["image_queries"] == 6 and report["counts"]["distractor_documents"] == 6
     assert "image_to_image_self" not in report["metrics"]
+    assert set(report["metrics"]["class_query_vs_exact"].values()) == {1.0}
     assert report["metrics"]["zero_shot"]["top-1"] in {i / 6 for i in range(7)}
 
 
