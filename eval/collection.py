@@ -24,6 +24,11 @@ from eval.datasets import ImageItem, Skips
 HASH_CHUNK = 1 << 20
 
 
+class IngestFailed(RuntimeError):
+    """Ingest stopped (it exits non-zero only when the whole run cannot go on, never for a bad
+    image): evaluating whatever the index held before would measure the wrong collection."""
+
+
 @dataclass
 class Collection:
     doc_of: dict[str, str]  # item key -> document id, for items the index holds
@@ -80,6 +85,8 @@ def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
     t0 = time.perf_counter()
     with _environ(env):
         code = ingest_main(argv)
+    if code != 0:
+        raise IngestFailed(f"ingest stopped with exit code {code} (its message is above); nothing was evaluated")
     shown = [f"{k}={v}" for k, v in env.items()]
     return {"argv": [*shown, "python", "-m", "ingest", *argv], "exit_code": code,
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
-from eval.collection import content_hashes, ingest_folder, map_collection, stage
+from eval.collection import IngestFailed, content_hashes, ingest_folder, map_collection, stage
 from eval.datasets import DatasetError, Skips, load_captions, load_labelled_folder
 from eval.metrics import TIES
 from eval.report import build_report, format_table, write_report
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="clipsearch-eval-") as tmp:
             report = run(args, Path(tmp))
-    except (DatasetError, ClipsearchError) as exc:
+    except (DatasetError, IngestFailed, ClipsearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print()
@@ -182,8 +182,8 @@ def run(args, tmp: Path) -> dict:
     check_model(index, encoder.model_id, encoder.dim)
     coll = map_collection(hashes, index.ids(), ingest)
     if not coll.doc_of:
-        raise DatasetError(f"none of the {len(hashes)} images is in {_where(settings)}: "
-                           f"ingest exit code {ingest.get('exit_code')}")
+        hint = "run without --skip-ingest" if args.skip_ingest else "see ingest's summary above"
+        raise DatasetError(f"none of the {len(hashes)} images is in {_where(settings)}: {hint}")
 
     timer = Timer()
     if args.task == "retrieval":

@@ -166,6 +166,17 @@ def test_zeroshot_end_to_end_through_ingest(folders, tmp_path, capsys):
     assert "55.15 [1]" in printed and "rclip" in printed
 
 
+def test_an_ingest_failure_stops_the_run(flickr, tiny_encoder, tmp_path, capsys):
+    pytest.importorskip("ingest.cli", reason="the ingest branch has not landed on main yet")
+    other = FaissIndex(tmp_path / "other", model_id="someone/else", dim=tiny_encoder.dim)
+    other.upsert([Document("x", np.ones(tiny_encoder.dim, dtype=np.float32))])
+    other.save()  # ingest refuses to add our model's vectors to it and exits 1
+    code = main(["retrieval", str(flickr / "dataset_flickr30k.json"), "--images", str(flickr / "flickr30k-images"),
+                 "--index", str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert code == 2 and "ingest stopped with exit code 1" in err and "Traceback" not in err
+
+
 # -- the harness on an index filled directly (no ingest) ------------------------------------------
 def test_retrieval_report_structure_and_exact_recall(flickr, flickr_index, tiny_encoder, tmp_path, capsys):
     report, printed = run_eval(["retrieval", str(flickr / "dataset_flickr30k.json"), "--images",
