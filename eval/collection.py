@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,10 +65,15 @@ def content_hashes(items: Sequence[ImageItem], skips: Skips) -> dict[str, str]:
 
 
 def stage(items: Sequence[ImageItem], folder: Path) -> Path:
-    """A folder of links to `items` (flat, numbered so equal file names cannot collide)."""
+    """A folder of links to `items` (flat, numbered so equal file names cannot collide); copies
+    where the filesystem has no symbolic links."""
     folder.mkdir(parents=True, exist_ok=True)
     for n, item in enumerate(items):
-        os.symlink(item.path.resolve(), folder / f"{n:07d}-{item.path.name}")
+        target = folder / f"{n:07d}-{item.path.name}"
+        try:
+            os.symlink(item.path.resolve(), target)
+        except OSError:
+            shutil.copyfile(item.path, target)
     return folder
 
 

@@ -196,8 +196,8 @@ def self_check(items: Sequence[ImageItem], coll: Collection, index, encoder, set
             images.append(read_image_file(item.path, max_bytes=settings.max_image_bytes,
                                           max_pixels=settings.max_image_pixels))
             keys.append(item.key)
-        except ClipsearchError:
-            continue  # ingest skipped it too, or it would not be in doc_of
+        except (ClipsearchError, OSError):
+            continue  # unreadable now (changed or removed since ingest): not a retrieval result
     vectors = np.concatenate([encoder.encode_images(images[i : i + IMAGE_BATCH])
                               for i in range(0, len(images), IMAGE_BATCH)]) if images else []
     ranks = search_ranks(index, vectors, ({coll.doc_of[k]} for k in keys), max(ks) + 1, ties)
