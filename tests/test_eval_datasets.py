@@ -175,3 +175,24 @@ def test_labelled_folder_errors(tmp_path):
     touch(tmp_path / "loose.jpg")
     with pytest.raises(DatasetError, match="no class subfolders"):
         load_labelled_folder(tmp_path)
+
+
+# -- from dataset items to index documents ----------------------------------------------------------
+def test_collection_maps_documents_back_to_every_item(tmp_path):
+    from eval.collection import content_hashes, map_collection, sha256_file, stage
+    from eval.datasets import ImageItem, Skips
+
+    a = touch(tmp_path / "x" / "a.jpg", b"same bytes")
+    b = touch(tmp_path / "y" / "a.jpg", b"same bytes")  # same name, same bytes, other folder
+    c = touch(tmp_path / "c.jpg", b"other bytes")
+    items = [ImageItem("x/a", a), ImageItem("y/a", b), ImageItem("c", c), ImageItem("gone", tmp_path / "gone.jpg")]
+    skips = Skips()
+    hashes = content_hashes(items, skips)
+    assert set(hashes) == {"x/a", "y/a", "c"} and dict(skips.counts) == {"unreadable image file": 1}
+    coll = map_collection(hashes, [sha256_file(a), "some-other-photo"])
+    assert coll.doc_of == {"x/a": sha256_file(a), "y/a": sha256_file(a)}
+    assert coll.items_of == {sha256_file(a): ["x/a", "y/a"]} and coll.duplicate_items == 1
+    assert coll.not_indexed == ["c"] and (coll.index_docs, coll.extra_docs) == (2, 1)
+    staged = stage(items[:3], tmp_path / "staged")
+    files = sorted(staged.iterdir())
+    assert len(files) == 3 and [f.read_bytes() for f in files] == [b"same bytes", b"same bytes", b"other bytes"]
