@@ -128,7 +128,7 @@ def evaluate_retrieval(ds: CaptionDataset, coll: Collection, index, encoder, *, 
 
 # -- labelled folders -----------------------------------------------------------------------
 def class_texts(classes: Sequence[str], prompt: str) -> list[str]:
-    return [prompt.format(c) for c in classes]
+    return [prompt.replace("{}", c) for c in classes]  # not format(): other braces stay literal
 
 
 def evaluate_zeroshot(ds: LabelledDataset, coll: Collection, index, encoder, *, ks: Sequence[int], ties: str,
