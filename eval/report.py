@@ -94,6 +94,11 @@ def format_table(report: dict) -> str:
                     sources.append(cite)
                 ref_text = f"{_pct(ref[0])} [{sources.index(cite) + 1}]"
             lines.append(f"{GROUP_TITLES.get(group, group) + ' ' + name:<30}{_pct(value):>8}{ref_text:>11}")
+    timings = dict(report["timings_s"])
+    if report["ingest"].get("seconds") is not None:
+        timings = {"ingest": report["ingest"]["seconds"], **timings}
+    if timings:
+        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     for n, (model, source) in enumerate(sources, start=1):
         lines.append(f"[{n}] {model}: {source}")
     if sources and report["model_id"] != "openai/clip-vit-base-patch32":

@@ -26,6 +26,16 @@ from eval.report import build_report, format_table, write_report
 from eval.tasks import Timer, evaluate_retrieval, evaluate_zeroshot, self_check
 
 
+EXAMPLES = """examples (MODEL_ID=openai/clip-vit-base-patch32 or MODEL_PATH=DIR for the real model):
+  python -m eval retrieval dataset_flickr30k.json --images flickr30k-images --out flickr30k.json
+  python -m eval retrieval dataset_coco.json --images coco --out coco.json
+  python -m eval zeroshot cifar100 --out cifar100.json
+  python -m eval retrieval dataset_flickr30k.json --images flickr30k-images --index data/eval-flickr \\
+      --skip-ingest --hnsw-threshold 1 --vs-exact          # the same collection through HNSW
+
+each task has its own options: python -m eval retrieval --help, python -m eval zeroshot --help"""
+
+
 def _ks(text: str) -> list[int]:
     try:
         ks = sorted({int(part) for part in text.split(",") if part.strip()})
@@ -93,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tied scores: pessimistic (a relevant item ranks after every non-relevant one it "
                              "ties with) or order (trust the backend's order)")
 
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="task", required=True)
     ret = sub.add_parser("retrieval", parents=[common], help="text->image and image->text Recall@K on a captioned set")
     ret.add_argument("captions", help="dataset_flickr30k.json / dataset_coco.json (Karpathy split), or a "
