@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_positive, help="torch CPU threads (default: TORCH_THREADS or all cores)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the model runs (default: cuda when present, with fp16/bf16 autocast)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="CPU only: bf16 autocast is ~2-3x faster on CPUs with AVX-512 bf16, vectors differ "
+                        "slightly (cached apart from fp32 ones); CUDA always autocasts (default: %(default)s)")
     g.add_argument("--save-every", type=_positive, default=10, metavar="N",
                    help="save the index every N batches, the resume point (default: %(default)s)")
     g.add_argument("--max-pixels", type=_positive, help="skip images with more pixels (default: MAX_IMAGE_PIXELS)")
@@ -131,13 +134,13 @@ def _settings(args, settings: Settings | None) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-def _encoder(settings: Settings, device: str):
+def _encoder(settings: Settings, device: str, precision: str):
     from clipsearch.encoder import TorchClipEncoder
 
     explicit = settings.model_id if settings.model_path else None
     # No tower loaded yet: a run that finds everything indexed or cached never loads the model.
     return TorchClipEncoder(settings.model_source, model_id=explicit, threads=settings.threads,
-                            device=None if device == "auto" else device, load=())
+                            device=None if device == "auto" else device, cpu_bf16=precision == "bf16", load=())
 
 
 def _pipeline_options(args, settings: Settings, device: str):
@@ -179,10 +182,11 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     from ingest.cache import EmbeddingCache, NoCache
 
     t0 = time.perf_counter()
-    encoder = _encoder(settings, args.device)
+    encoder = _encoder(settings, args.device, args.precision)
     index = open_index(settings, model_id=encoder.model_id, dim=encoder.dim)
-    cache = NoCache() if args.no_cache else EmbeddingCache.open(args.cache_dir, model_id=encoder.model_id,
-                                                                 dim=encoder.dim)
+    # bf16 vectors are the same model's (one index takes both) but not the same numbers: own cache.
+    cache_key = encoder.model_id + ("@bf16" if args.precision == "bf16" else "")
+    cache = NoCache() if args.no_cache else EmbeddingCache.open(args.cache_dir, model_id=cache_key, dim=encoder.dim)
     summary.add_time("open", time.perf_counter() - t0)
     options = _pipeline_options(args, settings, encoder.device)
     try:

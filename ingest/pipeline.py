@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -51,6 +51,7 @@ class PipelineOptions:
     chunk: int = 4  # images per worker task: fewer round trips through the pipe
     save_every: int = 10  # save the index every N written batches
     limits: DecodeLimits = DecodeLimits(max_bytes=50 * 1024 * 1024, max_pixels=40_000_000)
+    worker_nice: int = 10  # decode workers' niceness: below the encoder
     batch_delay: float = 0.0  # tests only: sleep after each encoded batch, to be killed mid-run
 
     @property
@@ -64,6 +65,34 @@ class _Entry:
     doc_id: str
     data: bytes | None = None
     size: tuple[int, int] | None = None
+    suspect: bool = False  # was in a chunk whose worker died
+
+
+def _reread(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""  # gone since it was read: decoding reports it as empty
+
+
+class _InlineExecutor(Executor):
+    """`decode_workers=0`: decode in this process when submitted, between batches. A decode
+    *thread* measured far worse on CPU (it fights the encoder's threads for the GIL and cores)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool
+            future.set_exception(exc)
+        return future
+
+
+def _worker_init(nice: int) -> None:
+    # Decoding is background work: when it competes with the encoder's threads for the cores,
+    # the encoder should win (a preempted OpenMP thread stalls the whole forward pass).
+    if nice:
+        os.nice(nice)
 
 
 class Pipeline:
@@ -90,16 +119,17 @@ class Pipeline:
         self._ready: list[tuple[str, Document]] = []
         self._batches_written = self._saved_at = 0
         self._model_ready = False
+        self.decode_fn = decode_chunk  # the decode stage's task (module-level: it runs in workers)
 
     # -- the runner ------------------------------------------------------------------------
     def run(self, items: Iterable[Item]) -> dict[str, str]:
         """Ingest `items`; returns item key -> document id for everything written. Does not do
         the final `save()`: the source may delete documents first."""
-        executor = self._executor()
+        self._executor_in_use = self._executor()
         try:
-            self._loop(iter(items), executor)
+            self._loop(iter(items), self._executor_in_use)
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            self._executor_in_use.shutdown(wait=True, cancel_futures=True)
         self._timed("write", self._write)
         return self.done
 
@@ -133,8 +163,14 @@ class Pipeline:
             entries, future = window.popleft()
             in_flight -= len(entries)
             t0 = time.perf_counter()
-            results, busy = future.result()
-            self.summary.add_time("decode_wait", time.perf_counter() - t0)
+            try:
+                results, busy = future.result()
+            except BrokenExecutor as exc:
+                executor = self._recover(executor, entries, window, exc)
+                in_flight = sum(len(e) for e, _ in window)
+                continue
+            finally:
+                self.summary.add_time("decode_wait", time.perf_counter() - t0)
             self.summary.add_time("decode", busy)
             decoded.extend(self._collect(entries, results))
             if decoded and not self._model_ready:
@@ -145,19 +181,42 @@ class Pipeline:
                 batch, decoded = decoded[:bs], decoded[bs:]
                 self.encode_and_write(batch)
 
+    def _recover(self, executor: Executor, crashed: list[_Entry], window: deque, exc: Exception) -> Executor:
+        """A worker died (a decoder crash on some file, the OOM killer): start a new pool and
+        resubmit what was in flight. The crashed chunk is retried one image per task, so only the
+        image that kills a worker on its own is reported as failed."""
+        executor.shutdown(wait=False, cancel_futures=True)
+        executor = self._executor_in_use = self._executor()  # run() shuts down whichever is last
+        pending = [entries for entries, _ in window]
+        window.clear()
+        if len(crashed) == 1 and crashed[0].suspect:
+            self.summary.fail(crashed[0].item.key, f"decode_failed: the decoder crashed on this file ({exc})")
+            self._seen.discard(crashed[0].doc_id)
+            self.progress.update("decode", 1)
+        else:
+            for entry in crashed:
+                entry.suspect = True
+            pending = [[entry] for entry in crashed] + pending
+        for entries in pending:
+            for entry in entries:
+                entry.data = _reread(entry.item.path)
+            window.append(self._submit(executor, entries))
+        return executor
+
     def _executor(self) -> Executor:
         if self.opts.decode_workers <= 0:
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+            return _InlineExecutor()
         import multiprocessing
 
         # spawn, not fork: this process may already run torch's thread pools, which fork breaks.
-        return ProcessPoolExecutor(self.opts.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self.opts.decode_workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(self.opts.worker_nice,))
 
     def _submit(self, executor: Executor, chunk: list[_Entry]) -> tuple[list[_Entry], Future]:
         payload = [e.data for e in chunk]
         for e in chunk:
             e.data = None  # the worker has its copy; keep the window's memory to one copy
-        return chunk, executor.submit(decode_chunk, payload, self.encoder.preprocess_config, self.opts.limits)
+        return chunk, executor.submit(self.decode_fn, payload, self.encoder.preprocess_config, self.opts.limits)
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
