@@ -82,18 +82,20 @@ def format_table(report: dict) -> str:
         "counts: " + ", ".join(f"{k} {_count(v)}" for k, v in counts.items()),
         f"ties: {report['ties']}",
         "",
-        f"{'metric':<30}{'ours':>8}{'reference':>11}",
     ]
-    for group, values in report["metrics"].items():
-        for name, value in values.items():
-            ref = refs.get((group, name))
-            ref_text = ""
-            if ref is not None:
-                cite = (ref[1]["model"], ref[1]["source"])
-                if cite not in sources:
-                    sources.append(cite)
-                ref_text = f"{_pct(ref[0])} [{sources.index(cite) + 1}]"
-            lines.append(f"{GROUP_TITLES.get(group, group) + ' ' + name:<30}{_pct(value):>8}{ref_text:>11}")
+    rows = [(group, name, value) for group, values in report["metrics"].items() for name, value in values.items()]
+    label = lambda group, name: f"{GROUP_TITLES.get(group, group)} {name}"  # noqa: E731
+    width = max([len("metric")] + [len(label(g, n)) for g, n, _ in rows]) + 2
+    lines.append(f"{'metric':<{width}}{'ours':>8}{'reference':>11}")
+    for group, name, value in rows:
+        ref = refs.get((group, name))
+        ref_text = ""
+        if ref is not None:
+            cite = (ref[1]["model"], ref[1]["source"])
+            if cite not in sources:
+                sources.append(cite)
+            ref_text = f"{_pct(ref[0])} [{sources.index(cite) + 1}]"
+        lines.append(f"{label(group, name):<{width}}{_pct(value):>8}{ref_text:>11}")
     timings = dict(report["timings_s"])
     if report["ingest"].get("seconds") is not None:
         timings = {"ingest": report["ingest"]["seconds"], **timings}
