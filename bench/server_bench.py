@@ -17,6 +17,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import random
 import tempfile
 import time
@@ -69,8 +70,28 @@ def peak_rss_mb(proc) -> float:
 
 
 def phrases(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))) + f" {i}" for i in range(n)]
+    """n distinct queries of 3-8 words, each word one token: 5-10 tokens with the start/end tokens."""
+    from clipsearch.modelgen import _WORDS
+
+    rng, out = random.Random(seed), dict()
+    while len(out) < n:
+        out[" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 8)))] = None
+    return list(out)
+
+
+def bare_encoder_ms(model: Path, queries: list[str]) -> np.ndarray:
+    """The same queries through the encoder alone, in this process: the floor the service adds to."""
+    from clipsearch.encoder import TorchClipEncoder
+
+    enc = TorchClipEncoder(str(model), threads=1)
+    for q in queries[:10]:
+        enc.encode_text(q)
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        enc.encode_text(q)
+        out[i] = (time.perf_counter() - t0) * 1000
+    return out
 
 
 def jpeg(seed: int) -> str:
@@ -92,8 +113,8 @@ def timed_invoke(stack, body: dict) -> tuple[float, dict]:
     return ms, json.loads(out["body"])
 
 
-def cold_start(env: dict, log: Path) -> tuple[float, float]:
-    """(seconds from process start to the first text answer, init ms reported by the function)."""
+def cold_start(env: dict, log: Path) -> float:
+    """Seconds from the emulator's process start to the first text answer."""
     from server.local import LocalStack
 
     stack = LocalStack(env=env, log=log)
@@ -110,7 +131,7 @@ def cold_start(env: dict, log: Path) -> tuple[float, float]:
         elapsed = time.monotonic() - stack.started_at
         if out.get("statusCode") != 200:
             raise RuntimeError(f"first query failed: {out}")
-        return elapsed, 0.0
+        return elapsed
     finally:
         stack.stop()
 
@@ -127,18 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     n_cold, n_text, n_image = (3, 150, 15) if args.quick else (5, 500, 40)
     log = Path(tempfile.mkdtemp(prefix="server-bench-")) / "stack.log"
 
-    colds = [cold_start(env, log)[0] for _ in range(n_cold)]
+    load_before = os.getloadavg()
+    text_queries = phrases(n_text, seed=1)
+    bare = bare_encoder_ms(model, text_queries)
+    print(f"bare encoder, same queries, this process: p50 {np.percentile(bare, 50):.1f} ms", flush=True)
+    colds = [cold_start(env, log) for _ in range(n_cold)]
+    init_ms = [json.loads(line)["ms"] for line in log.read_text().splitlines() if line.startswith('{"event": "init"')]
     print(f"cold start (process start -> first text answer): {[round(c, 2) for c in colds]} s", flush=True)
 
     with LocalStack(env=env, log=log) as stack:
         proc = stack.runtime_process()
         for q in phrases(10, seed=99):  # warm-up: first calls pay for lazy allocations
             timed_invoke(stack, {"query": q, "input_type": "text"})
-        text_ms, text_server_ms = [], []
-        for q in phrases(n_text, seed=1):
+        text_ms, text_server_ms, encode_ms, search_ms = [], [], [], []
+        for q in text_queries:
             ms, body = timed_invoke(stack, {"query": q, "input_type": "text", "k": 10})
             text_ms.append(ms)
             text_server_ms.append(body["took_ms"]["total"])
+            encode_ms.append(body["took_ms"]["encode"])
+            search_ms.append(body["took_ms"]["search"])
         cached_ms = [timed_invoke(stack, {"query": "two dogs", "input_type": "text"})[0] for _ in range(100)]
         gateway_ms = []
         import urllib.request
@@ -157,9 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "model": "random ViT-B/32 (clipsearch/random-vit-b-32)", "index": {"count": N_DOCS, "type": "flat"},
         "path": "direct invocation through the Lambda emulator (awslambdaric + handler), client-side wall clock",
-        "cold_start_s": {"median": round(float(np.median(colds)), 3), "runs": [round(c, 3) for c in colds]},
+        "cold_start_s": {"median": round(float(np.median(colds)), 3), "runs": [round(c, 3) for c in colds],
+                         "function_init_ms_median": round(float(np.median(init_ms)), 1) if init_ms else None},
         "warm_text": pct(np.array(text_ms)),
         "warm_text_in_handler": pct(np.array(text_server_ms)),
+        "warm_text_encode": pct(np.array(encode_ms)),
+        "warm_text_search": pct(np.array(search_ms)),
+        "bare_encoder_same_queries": pct(bare),
+        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "warm_text_cached": pct(np.array(cached_ms)),
         "warm_text_via_gateway": pct(np.array(gateway_ms)),
         "first_image_query_ms": round(first_image_ms, 1),

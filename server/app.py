@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clipsearch.config import Settings
@@ -94,7 +95,7 @@ class App:
 
     def _build(self) -> SearchService:
         from clipsearch.encoder import load_encoder
-        from clipsearch.index import check_model, open_index
+        from clipsearch.index import check_model
 
         if self._settings_error is not None:
             raise ServiceUnavailable("bad_configuration", f"the function's settings are invalid: {self._settings_error}")
@@ -103,14 +104,14 @@ class App:
             # One query at a time, on Lambda's fraction of a vCPU or a busy host: intra-op threads
             # cost more than they give (measured: 24 ms at 1 thread, 850 ms at 2 on a loaded 2-core host).
             s = self.settings = dataclasses.replace(s, threads=QUERY_THREADS)
-        if self._encoder is None:
-            self._encoder = load_encoder(s, load=("text", "vision") if s.preload_image_tower else ("text",))
-        if self._index is None:
-            if s.backend == "faiss" and s.index_s3_uri:
-                from server.s3sync import sync_index
-
-                sync_index(s.index_s3_uri, s.index_path)
-            self._index = open_index(s)
+        # The index (an S3 copy, file reads, JSON parsing) loads in a thread while the encoder's
+        # imports (torch, transformers: seconds of mostly CPU) run here: a shorter cold start.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="init-index") as pool:
+            index = pool.submit(self._open_index, s) if self._index is None else None
+            if self._encoder is None:
+                self._encoder = load_encoder(s, load=("text", "vision") if s.preload_image_tower else ("text",))
+            if index is not None:
+                self._index = index.result()
         try:
             check_model(self._index, self._encoder.model_id, self._encoder.dim)
         except ModelMismatch:
@@ -118,6 +119,16 @@ class App:
             raise
         fetcher = self._fetcher or SafeFetcher(max_bytes=s.max_image_bytes)
         return SearchService(self._encoder, self._index, s, fetcher)
+
+    @staticmethod
+    def _open_index(s: Settings):
+        from clipsearch.index import open_index
+
+        if s.backend == "faiss" and s.index_s3_uri:
+            from server.s3sync import sync_index
+
+            sync_index(s.index_s3_uri, s.index_path)
+        return open_index(s)
 
     def _ready_service(self) -> SearchService:
         if self.service is None:
