@@ -37,10 +37,18 @@ JSON_OVERHEAD_BYTES = 64 * 1024
 log = logging.getLogger("clipsearch.server")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (the runtime or a test may replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def _setup_logging() -> None:
     """JSON lines on stdout (CloudWatch under Lambda), whatever the runtime set up."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -91,7 +91,7 @@ class SearchService:
         t1 = time.perf_counter()
         # "More like this" leaves the document itself out (it would always come first, at 1.0):
         # ask for one more and drop it.
-        hits = self.index.search(vector, q.k + (exclude is not None), q.filters, q.min_score)
+        hits = self.index.search(vector, q.k + 1 if exclude else q.k, q.filters, q.min_score)
         hits = [h for h in hits if h.id != exclude][: q.k]
         t2 = time.perf_counter()
         results = [{"id": h.id, "score": round(h.score, 6),

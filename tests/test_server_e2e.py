@@ -239,3 +239,46 @@ def test_missing_index_stack_answers_503_and_leaves_no_processes(tmp_path, tiny_
         assert got == 503 and headers["Retry-After"] and "python -m ingest" in json.loads(body)["error"]["message"]
         pids = [s.process.pid, s.runtime_process().pid]
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+# ----------------------------------------------------------------------------- python -m server.local
+@pytest.mark.slow
+def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, tiny_model_dir, tiny_encoder):
+    """What `make demo` (scripts/demo.py) runs: start, poll GET /health, SIGINT at the end."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+    from conftest import REPO
+
+    build_index(tmp_path / "index", tiny_encoder, n=3)
+    env = {**os.environ, "MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(tmp_path / "index"), "TORCH_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", "0", "--gateway-port", "0"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "(Ctrl-C stops)" in line:
+                break
+        out = "".join(lines)
+        curl = re.search(r'curl -XPOST "http://localhost:(\d+)/2015-03-31/functions/function/invocations" '
+                         r"-d '\{\"query\": \"two dogs\", \"input_type\": \"text\"\}'", out)
+        assert curl, out
+        gateway = re.search(r"GET (http://127.0.0.1:\d+/health)", out).group(1)
+        assert http(gateway)[0] == 200
+        status, _, raw = http(f"http://127.0.0.1:{curl.group(1)}/2015-03-31/functions/function/invocations",
+                              b'{"query": "two dogs", "input_type": "text"}')
+        assert json.loads(raw)["statusCode"] == 200
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) == 2  # the emulator and the runtime
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
