@@ -60,6 +60,8 @@ def find_rie() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / "local" / "rapid" / f"aws-lambda-rie-{arch}"
     if not path.is_file():
         raise RuntimeError(f"the Lambda emulator is missing from aws-sam-cli: expected {path}")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"the Lambda emulator is not executable: chmod +x {path}")
     return path
 
 
