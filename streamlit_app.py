@@ -22,6 +22,11 @@ from frontend.thumbs import placeholder, thumbs_for
 SECRET_NAMES = ("CLIPSEARCH_API_URL", "CLIPSEARCH_API_KEY", "CLIPSEARCH_RETRY_BUDGET")
 MODES = ("Text", "Image upload", "Image URL")
 PER_ROW = 4
+# Cards of one height whatever the photos' shapes: crop to 4:3 in the grid (the full photo is a
+# click away on its page).
+GRID_CSS = """<style>
+[data-testid="stColumn"] [data-testid="stImage"] img {aspect-ratio: 4 / 3; object-fit: cover; border-radius: 6px;}
+</style>"""
 
 
 def api_settings() -> Settings:
@@ -143,6 +148,7 @@ def show(outcome: dict[str, Any]) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="clipsearch", page_icon="🔎", layout="wide")
+    st.markdown(GRID_CSS, unsafe_allow_html=True)
     st.title("clipsearch")
     st.caption("Search photos by meaning with OpenAI's CLIP: describe what you are looking for, "
                "or give a photo to find ones like it.")

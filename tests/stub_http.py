@@ -4,8 +4,8 @@ images, recording every request: the front-end's tests count exactly what the cl
     with StubApi([Reply(504, {"message": "Endpoint request timed out"}), Reply(200, ok_body)]) as api:
         ...  # api.search_url, api.image_url("a.png"), api.searches (recorded JSON bodies)
 
-Once the script is spent, further searches get a 500 saying so (a test that retries too often
-fails loudly rather than silently getting the last answer again).
+Once the script is spent, further searches go to `respond` if given, else get a 500 saying so
+(a test that retries too often fails loudly rather than silently getting the last answer again).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -50,8 +50,11 @@ def ok_body(results: list[dict[str, Any]], model: str = "clipsearch/tiny-test") 
 
 
 class StubApi:
-    def __init__(self, script: list[Reply] | None = None, images: dict[str, bytes] | None = None):
+    def __init__(self, script: list[Reply] | None = None, images: dict[str, bytes] | None = None,
+                 respond: Callable[[Any], Reply] | None = None):
+        """`respond`, if given, answers every search once the script is spent."""
         self.script = list(script or [])
+        self.respond = respond
         self.images = dict(images or {})
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -89,8 +92,12 @@ class StubApi:
                 if self.path != "/search":
                     return self._send(404, b'{"message": "Not Found"}', {"Content-Type": "application/json"})
                 with stub._lock:
-                    reply = stub.script.pop(0) if stub.script else Reply(500, {"error": {
-                        "code": "stub_exhausted", "message": "the stub's script is spent: unexpected request"}})
+                    reply = stub.script.pop(0) if stub.script else None
+                if reply is None and stub.respond is not None:
+                    reply = stub.respond(body)
+                if reply is None:
+                    reply = Reply(500, {"error": {"code": "stub_exhausted",
+                                                  "message": "the stub's script is spent: unexpected request"}})
                 time.sleep(reply.delay_s)
                 if isinstance(reply.body, (dict, list)):
                     data, kind = json.dumps(reply.body).encode(), "application/json"
