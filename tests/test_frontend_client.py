@@ -150,3 +150,17 @@ def test_backoff_is_full_jitter_capped():
         cap = min(10.0, 2 ** (retry - 1))
         delays = [policy.backoff(retry, rng) for _ in range(200)]
         assert all(0 <= d <= cap for d in delays) and max(delays) > cap * 0.8
+
+
+def test_front_end_settings():
+    from clipsearch.config import DEFAULT_API_URL, Settings
+
+    s = Settings.from_env({})
+    assert s.api_url == DEFAULT_API_URL == "http://localhost:8000/search" and s.api_key is None
+    assert s.api_retry_budget == 90.0
+    s = Settings.from_env({"CLIPSEARCH_API_URL": " https://x.test/prod/search ", "CLIPSEARCH_API_KEY": "k3y",
+                           "CLIPSEARCH_RETRY_BUDGET": "12.5"})
+    assert (s.api_url, s.api_key, s.api_retry_budget) == ("https://x.test/prod/search", "k3y", 12.5)
+    assert "k3y" not in repr(s)
+    with pytest.raises(ValueError, match="CLIPSEARCH_RETRY_BUDGET"):
+        Settings.from_env({"CLIPSEARCH_RETRY_BUDGET": "long"})
