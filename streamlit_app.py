@@ -8,6 +8,7 @@ environment or, where unset there, from Streamlit secrets (.streamlit/secrets.to
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
 
@@ -51,8 +52,8 @@ def client_for(settings: Settings) -> SearchClient:
     return st.session_state["client"]
 
 
-def more_like(doc_id: str) -> None:
-    st.session_state["more_like"] = doc_id
+def more_like(doc_id: str, label: str) -> None:
+    st.session_state["more_like"] = (doc_id, label)
 
 
 def sidebar(settings: Settings) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def query_form(opts: dict[str, Any]) -> SearchRequest | None:
         return None
 
 
-def run_search(client: SearchClient, request: SearchRequest) -> dict[str, Any]:
+def run_search(client: SearchClient, request: SearchRequest, label: str | None = None) -> dict[str, Any]:
     notice = st.empty()
 
     def on_wait(attempt: int, delay: float, why: str) -> None:
@@ -105,7 +106,7 @@ def run_search(client: SearchClient, request: SearchRequest) -> dict[str, Any]:
         return {"request": request, "error": str(exc)}
     finally:
         notice.empty()
-    return {"request": request, "response": response, "thumbs": thumbs}
+    return {"request": request, "response": response, "thumbs": thumbs, "label": label}
 
 
 def card(result: dict[str, Any], thumb, n: int) -> None:
@@ -119,7 +120,8 @@ def card(result: dict[str, Any], thumb, n: int) -> None:
     credit = render.attribution(result)
     if credit:
         st.caption(credit)
-    st.button("More like this", key=f"more-{n}", on_click=more_like, args=(str(result["id"]),))
+    st.button("More like this", key=f"more-{n}", on_click=more_like,
+              args=(str(result["id"]), render.photo_label(result)))
 
 
 def show(outcome: dict[str, Any]) -> None:
@@ -131,7 +133,10 @@ def show(outcome: dict[str, Any]) -> None:
     note = render.retried_note(response.attempts, response.elapsed_s)
     if note:
         st.caption(note)
-    st.subheader(render.describe(request))
+    st.subheader(render.describe(request, outcome.get("label")))
+    if request.input_type in ("image", "url"):  # the query photo, small, above its neighbours
+        st.image(base64.b64decode(request.query) if request.input_type == "image" else request.query,
+                 width=160, alt="your query photo")
     if not response.results:
         st.info(render.empty_reason(request))
         return
@@ -155,11 +160,11 @@ def main() -> None:
     settings = api_settings()
     opts = sidebar(settings)
     request = query_form(opts)
-    more = st.session_state.pop("more_like", None)
+    more, label = st.session_state.pop("more_like", (None, None))
     if request is None and more:
         request = SearchRequest(more, "id", **opts)
     if request is not None:
-        st.session_state["outcome"] = run_search(client_for(settings), request)
+        st.session_state["outcome"] = run_search(client_for(settings), request, label)
     if "outcome" in st.session_state:
         show(st.session_state["outcome"])
 

@@ -89,12 +89,21 @@ def retried_note(attempts: int, elapsed_s: float) -> str | None:
     return f"The search service was warming up: it answered on attempt {attempts}, after {elapsed_s:.1f} s."
 
 
-def describe(request: SearchRequest) -> str:
-    """What the results are for, as a heading."""
+def photo_label(result: dict[str, Any]) -> str:
+    """How a heading names a result: 'the photo by Ana Lee', 'beach.jpg', or its id."""
+    if result.get("photographer"):
+        return f"the photo by {result['photographer']}"
+    if result.get("path"):
+        return os.path.basename(str(result["path"]))
+    return str(result.get("id", "?"))
+
+
+def describe(request: SearchRequest, label: str | None = None) -> str:
+    """What the results are for, as a heading; `label` names the photo of an id query."""
     if request.input_type == "text":
         return f"Photos matching “{md_escape(request.query)}”"
     if request.input_type == "id":
-        return f"Photos like `{request.query.replace('`', '')}`"
+        return f"Photos like {md_escape(label)}" if label else f"Photos like `{request.query.replace('`', '')}`"
     if request.input_type == "url":
         return "Photos like the image at " + md_escape(request.query)
     return "Photos like your upload"

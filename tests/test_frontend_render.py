@@ -71,6 +71,9 @@ def test_empty_reason_names_the_limits_or_the_empty_index():
 def test_describe_escapes_user_text():
     assert render.describe(SearchRequest("*bold* [x](y)")) == "Photos matching “\\*bold\\* \\[x\\]\\(y\\)”"
     assert render.describe(SearchRequest("ab`c", "id")) == "Photos like `abc`"
+    assert render.describe(SearchRequest("h1", "id"), "my_cat.jpg") == "Photos like my\\_cat\\.jpg"
+    assert render.photo_label({"id": "a", "photographer": "Ana"}) == "the photo by Ana"
+    assert render.photo_label({"id": "a", "path": "/p/x.png"}) == "x.png" and render.photo_label({"id": "a"}) == "a"
 
 
 def test_rows_of_four():

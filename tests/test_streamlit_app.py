@@ -140,7 +140,7 @@ def test_more_like_this_searches_by_id(app):
         at.run()
         assert len(api.searches) == 2
         assert api.searches[1].body == {"query": "p1", "input_type": "id", "k": 30}
-    assert at.subheader[0].value == "Photos like `p1`"
+    assert at.subheader[0].value == "Photos like the photo by Jane Doe"
 
 
 def test_image_upload_is_sent_as_base64(app):
@@ -156,6 +156,7 @@ def test_image_upload_is_sent_as_base64(app):
         body = api.searches[0].body
     assert body["input_type"] == "image" and base64.b64decode(body["query"]) == photo
     assert at.subheader[0].value == "Photos like your upload"
+    assert len(at.image) == 1 and at.image[0].value[0].startswith("/mock/media/")  # the query photo
 
 
 def test_image_url_mode_checks_the_address_before_sending(app):
