@@ -130,8 +130,11 @@ def search_api(tmp_path_factory, tiny_encoder) -> Iterator[str]:
     index.save()
 
     def respond(body) -> Reply:
-        hits = index.search(tiny_encoder.encode_text(body["query"])[0], body.get("k", 10),
-                            body.get("filters"), body.get("min_score"))
+        if body["input_type"] == "id":
+            vector = index.get(body["query"]).vector
+        else:
+            vector = tiny_encoder.encode_text(body["query"])[0]
+        hits = index.search(vector, body.get("k", 10), body.get("filters"), body.get("min_score"))
         return Reply(200, ok_body([{"id": h.id, "score": h.score, **h.metadata} for h in hits], tiny_encoder.model_id))
 
     with StubApi(respond=respond) as api:
@@ -164,11 +167,13 @@ def loaded_result_images(driver) -> int:
 
 
 def test_text_query_shows_result_images(browser, search_api, tmp_path):
+    from selenium.webdriver.common.by import By
+
     with streamlit_app(search_api, tmp_path / "streamlit.log") as url:
         browser.get(url)
         submit_query(browser, QUERY)
         wait_for(browser, lambda d: loaded_result_images(d) == N_PHOTOS, 60, f"{N_PHOTOS} result images")
-        body = browser.find_element("tag name", "body").text
+        body = browser.find_element(By.TAG_NAME, "body").text
         assert f"Photos matching “{QUERY}”" in body and f"{N_PHOTOS} results · encode" in body
         assert body.count("More like this") == N_PHOTOS and "photo-00.jpg" in body
         assert "Image unavailable" not in body
@@ -177,6 +182,15 @@ def test_text_query_shows_result_images(browser, search_api, tmp_path):
         assert shot.stat().st_size > 10_000
         if os.environ.get("CLIPSEARCH_SCREENSHOT"):
             shutil.copy(shot, os.environ["CLIPSEARCH_SCREENSHOT"])
+
+        # "More like this" on the best result: a search by its id, which comes back first.
+        first = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stColumn] [data-testid=stCaptionContainer]")[0].text
+        browser.find_element(By.XPATH, "(//button[normalize-space()='More like this'])[1]").click()
+        wait_for(browser, lambda d: f"Photos like {first}" in d.find_element(By.TAG_NAME, "body").text, 30,
+                 f"the more-like-this results for {first}")
+        wait_for(browser, lambda d: loaded_result_images(d) == N_PHOTOS, 30, "the more-like-this images")
+        captions = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stColumn] [data-testid=stCaptionContainer]")
+        assert captions[0].text == first  # a photo is its own nearest neighbour
 
 
 def test_warming_up_notice_shows_while_retrying(browser, tmp_path):
