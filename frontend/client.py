@@ -85,10 +85,14 @@ class ApiError(SearchFailed):
 
     def __init__(self, status: int, message: str, error_code: str | None = None):
         self.status, self.message, self.error_code = status, message, error_code
-        hint = ""
-        if status in (401, 403):
-            hint = " Check CLIPSEARCH_API_KEY (sent as x-api-key)."
-        super().__init__(f"The search API refused the request (HTTP {status}): {message}{hint}")
+        if 400 <= status < 500:
+            what = f"refused the request (HTTP {status})"
+        elif status >= 500:
+            what = f"failed (HTTP {status})"
+        else:
+            what = f"sent an answer this page cannot read (HTTP {status})"
+        hint = " Check CLIPSEARCH_API_KEY (sent as x-api-key)." if status in (401, 403) else ""
+        super().__init__(f"The search API {what}: {message}{hint}")
 
 
 class ServiceUnavailable(SearchFailed):

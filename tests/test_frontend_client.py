@@ -164,3 +164,9 @@ def test_front_end_settings():
     assert "k3y" not in repr(s)
     with pytest.raises(ValueError, match="CLIPSEARCH_RETRY_BUDGET"):
         Settings.from_env({"CLIPSEARCH_RETRY_BUDGET": "long"})
+
+
+@pytest.mark.parametrize("status, words", [(400, "refused the request (HTTP 400)"), (500, "failed (HTTP 500)"),
+                                           (200, "cannot read (HTTP 200)")])
+def test_api_error_wording(status, words):
+    assert words in str(ApiError(status, "detail")) and str(ApiError(status, "detail")).endswith("detail")

@@ -53,7 +53,7 @@ def browser(tmp_path_factory):
     for flag in CHROME_FLAGS:
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    opts.add_argument("--window-size=1400,1000")
+    opts.add_argument("--window-size=1400,1400")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         yield driver
