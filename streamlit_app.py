@@ -157,7 +157,11 @@ def main() -> None:
     st.title("clipsearch")
     st.caption("Search photos by meaning with OpenAI's CLIP: describe what you are looking for, "
                "or give a photo to find ones like it.")
-    settings = api_settings()
+    try:
+        settings = api_settings()
+    except ValueError as exc:  # a malformed variable: say which, rather than a traceback
+        st.error(f"Configuration error: {exc}")
+        st.stop()
     opts = sidebar(settings)
     request = query_form(opts)
     more, label = st.session_state.pop("more_like", (None, None))

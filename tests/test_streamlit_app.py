@@ -203,3 +203,11 @@ def test_settings_from_streamlit_secrets(app):
         at.run()
         search_text(at, "cat")
         assert len(api.searches) == 1 and api.searches[0].headers.get("x-api-key") == "from-secrets"
+
+
+def test_bad_setting_is_reported_not_a_traceback(monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_RETRY_BUDGET", "forever")
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    assert not at.exception
+    assert "CLIPSEARCH_RETRY_BUDGET must be a number" in at.error[0].value
