@@ -205,4 +205,6 @@ def test_warming_up_notice_shows_while_retrying(browser, tmp_path):
                  "the answer after the retry")
         body = browser.find_element(By.TAG_NAME, "body").text
         assert "warming up (attempt" not in body and "the index has no photos" in body
+        alerts = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stAlert]")  # the selector used above
+        assert len(alerts) == 1 and "the index has no photos" in alerts[0].text
         assert len(api.searches) == 2
