@@ -1,8 +1,10 @@
 """The front-end in a real browser: `streamlit run streamlit_app.py` driven by headless Chromium
 (Debian's chromium + chromium-driver, through Selenium).
 
-- against a search API backed by the real FAISS index and the tiny CLIP model over photos
-  generated in a tmp dir: type a query, submit, wait for the result images, screenshot;
+- against what `make demo` runs: photos generated in a tmp dir, `python -m ingest folder` with
+  the tiny CLIP model into an embedded FAISS index, and the local stack (server.local.LocalStack:
+  the Lambda emulator running the handler, and the gateway): type a query, submit, wait for the
+  result images, screenshot, then "More like this";
 - against the HTTP stub: the "warming up" notice shows while a cold start is retried.
 
 Skips, saying why, where Chromium or its driver is missing (`make browser` installs them).
@@ -112,33 +114,26 @@ def generated_photos(folder: Path, n: int) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def search_api(tmp_path_factory, tiny_encoder) -> Iterator[str]:
-    """POST /search answered by the real FAISS index over generated photos and the tiny model."""
-    from clipsearch.index.base import Document
-    from clipsearch.index.faiss_index import FaissIndex
-    from clipsearch.schema import orientation
+def search_api(tmp_path_factory, tiny_model_dir) -> Iterator[str]:
+    """What `make demo` runs: `python -m ingest folder` over generated photos with the tiny model,
+    then the local stack (Lambda emulator running the handler, and the gateway) serving that
+    embedded index; yields the gateway's POST /search URL."""
+    from ingest.cli import main as ingest
+    from server.local import LocalStack
 
     root = tmp_path_factory.mktemp("e2e")
     (root / "photos").mkdir()
-    photos = generated_photos((root / "photos").resolve(), N_PHOTOS)
-    index = FaissIndex.open(root / "index", model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
-    images = [Image.open(p).convert("RGB") for p in photos]
-    vectors = tiny_encoder.encode_images(images)
-    index.upsert(Document(f"doc{i}", v, {"source": "folder", "path": str(p), "width": im.width, "height": im.height,
-                                         "orientation": orientation(im.width, im.height)})
-                 for i, (p, v, im) in enumerate(zip(photos, vectors, images)))
-    index.save()
-
-    def respond(body) -> Reply:
-        if body["input_type"] == "id":
-            vector = index.get(body["query"]).vector
-        else:
-            vector = tiny_encoder.encode_text(body["query"])[0]
-        hits = index.search(vector, body.get("k", 10), body.get("filters"), body.get("min_score"))
-        return Reply(200, ok_body([{"id": h.id, "score": h.score, **h.metadata} for h in hits], tiny_encoder.model_id))
-
-    with StubApi(respond=respond) as api:
-        yield api.search_url
+    generated_photos(root / "photos", N_PHOTOS)
+    env = {"INDEX_PATH": str(root / "index"), "MODEL_PATH": str(tiny_model_dir), "BACKEND": "faiss",
+           "ENCODER": "torch", "HF_HUB_OFFLINE": "1", "TORCH_THREADS": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        assert ingest(["folder", str(root / "photos"), "--no-cache", "--decode-workers", "0", "--threads", "1",
+                       "--quiet"]) == 0
+    with LocalStack(env=env, log=root / "stack.log", startup_timeout_s=60) as stack:
+        assert stack.ready_status == 200, (root / "stack.log").read_text(errors="replace")[-3000:]
+        yield stack.search_url
 
 
 def wait_for(driver, condition, seconds: float, what: str):
