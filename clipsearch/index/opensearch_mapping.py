@@ -7,10 +7,13 @@
   product `ip` into `1 + ip` when `ip >= 0` and `1 / (1 - ip)` otherwise (faiss documents it as
   distance `d = -ip` with `1 / (1 + d)` for `d >= 0` and `1 - d` otherwise; lucene's
   MAXIMUM_INNER_PRODUCT scaling gives the same numbers). `score_to_ip` inverts it.
-- Byte vectors (`data_type: byte`): a unit vector is quantised as `round(x * BYTE_SCALE)`
-  clipped to [-128, 127]; the engine's inner product of two such vectors is then about
-  `cos * BYTE_SCALE**2`, so cosine = ip / BYTE_SCALE**2. The scale is recorded in the index's
-  `_meta`; `bench/compression_bench.py` measures what it costs in recall.
+- Byte vectors (`data_type: byte`): a unit vector is quantised as `round(x * scale)` clipped to
+  [-128, 127]; the engine's inner product of two such vectors is then about `cos * scale**2`,
+  so cosine = ip / scale**2. One scale for the whole index (per-vector scales would make inner
+  products incomparable): a unit vector's components have a spread of about 1/sqrt(dim), and
+  `byte_scale(dim)` maps BYTE_CLIP_SIGMAS of that spread to 127, clipping the rare larger ones.
+  The scale is recorded in the index's `_meta`; `bench/compression_bench.py` measures the
+  recall it costs.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ DATA_TYPES = ("float", "byte")
 MODES = ("in_memory", "on_disk")
 COMPRESSIONS = ("1x", "2x", "4x", "8x", "16x", "32x")
 META_FORMAT = 1
-# CLIP vectors are unit length, so no component exceeds 1 and most are within +-0.25 (512-d);
-# 400 spends the int8 range on the values that occur and clips the rare larger ones.
-BYTE_SCALE = 400.0
+# How many "standard deviations" of a unit vector's components the int8 range covers: fewer
+# means finer steps and more clipping (chosen with bench/compression_bench.py).
+BYTE_CLIP_SIGMAS = 4.0
 
 _TYPES = {"keyword": {"type": "keyword"}, "integer": {"type": "integer"}, "float": {"type": "float"},
           "boolean": {"type": "boolean"}, "text": {"type": "text"},
@@ -61,6 +64,10 @@ def check_options(engine: str, data_type: str, mode: str | None, compression: st
                              ("OPENSEARCH_EF_SEARCH", ef_search, 1)):
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def byte_scale(dim: int, sigmas: float = BYTE_CLIP_SIGMAS) -> float:
+    return round(127.0 * math.sqrt(dim) / sigmas, 3)
 
 
 def physical_name(alias: str, model_id: str, dim: int, now: float | None = None) -> str:
@@ -102,7 +109,7 @@ def index_body(*, model_id: str, dim: int, engine: str = "faiss", m: int = 32, e
             "dynamic": False,
             "_meta": {"clipsearch": {"format": META_FORMAT, "model_id": model_id, "dim": dim,
                                      "data_type": data_type,
-                                     "byte_scale": BYTE_SCALE if data_type == "byte" else None}},
+                                     "byte_scale": byte_scale(dim) if data_type == "byte" else None}},
             "properties": properties,
         },
     }
