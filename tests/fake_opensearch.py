@@ -281,10 +281,11 @@ class Searcher:
             if extra:
                 raise bad(f"[bool] query does not support [{sorted(extra)[0]}]", "parsing_exception")
             lists = {k: (v if isinstance(v, list) else [v]) for k, v in body.items() if k != "minimum_should_match"}
-            ok = all(self.matches(c, src, doc_id) for k in ("filter", "must") for c in lists.get(k, []))
-            ok = ok and not any(self.matches(c, src, doc_id) for c in lists.get("must_not", []))
+            # lists, not generators: every clause is evaluated, so every clause is validated
+            ok = all([self.matches(c, src, doc_id) for k in ("filter", "must") for c in lists.get(k, [])])
+            ok = not any([self.matches(c, src, doc_id) for c in lists.get("must_not", [])]) and ok
             if lists.get("should"):
-                ok = ok and any(self.matches(c, src, doc_id) for c in lists["should"])
+                ok = any([self.matches(c, src, doc_id) for c in lists["should"]]) and ok
             return ok
         if kind in ("term", "terms", "range"):
             if not isinstance(body, dict) or len(body) != 1:
@@ -310,8 +311,9 @@ class Searcher:
             wanted = [spec["value"] if isinstance(spec, dict) else spec] if kind == "term" else spec
             if not isinstance(wanted, list):
                 raise bad("[terms] query does not support [values] as a non-array", "parsing_exception")
+            wanted = [self._query_value(prop, fname, w) for w in wanted]
             x = self._typed(prop, value)
-            return x is not None and any(x == self._query_value(prop, fname, w) for w in wanted)
+            return x is not None and x in wanted
         raise bad(f"unknown query [{kind}]", "parsing_exception")
 
     @staticmethod
@@ -353,6 +355,10 @@ class Searcher:
             return x
         return float(np.float32(x))
 
+    def validate(self, q: Any) -> None:
+        """Parse errors surface whether or not any document exists, as on a real shard."""
+        self.matches(q, {}, "")
+
     def knn(self, body: Any) -> list[tuple[float, str]]:
         if not isinstance(body, dict) or len(body) != 1:
             raise bad("[knn] query malformed, one field expected", "parsing_exception")
@@ -386,6 +392,8 @@ class Searcher:
         if dtype == "byte" and (np.any(q != np.rint(q)) or np.any(q < -128) or np.any(q > 127)):
             raise bad("[knn] byte vectors take integers in [-128, 127]", "illegal_argument_exception")
         flt = params.get("filter")
+        if flt is not None:
+            self.validate(flt)
         scored = []
         for doc_id, src in self.idx.visible.items():
             if fname not in src or (flt is not None and not self.matches(flt, src, doc_id)):
@@ -425,7 +433,8 @@ class FakeOpenSearch:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-opensearch", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-opensearch",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -773,6 +782,8 @@ class FakeOpenSearch:
         if set(body) - {"query"}:
             raise bad(f"request does not support [{sorted(set(body) - {'query'})[0]}]", "parsing_exception")
         q = body.get("query", {"match_all": {}})
+        for idx in self._visible(target):
+            Searcher(idx).validate(q)
         n = sum(1 for idx in self._visible(target) for i, s in idx.visible.items() if Searcher(idx).matches(q, s, i))
         return 200, {"count": n, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}
 
@@ -790,6 +801,7 @@ class FakeOpenSearch:
             if isinstance(q, dict) and list(q) == ["knn"]:
                 hits += [(score, i, idx) for score, i in s.knn(q["knn"])]
             else:
+                s.validate(q)
                 hits += [(1.0, i, idx) for i, src in idx.visible.items() if s.matches(q, src, i)]
         if "min_score" in body:
             hits = [h for h in hits if h[0] >= body["min_score"]]
