@@ -287,6 +287,26 @@ def test_model_change_builds_a_new_index_and_swaps_the_alias(cluster):
     assert server.search(vecs[0], k=1)[0].id == "p0"
 
 
+def test_alias_moves_only_when_a_load_completes(fake):
+    settings = Cluster(fake.url, fake, "ckpt").settings()
+    a, _, _ = loaded(settings, n=5)
+    b = open_ingest(settings, model_id="org/model-b", dim=8)
+    with pytest.raises(KeyboardInterrupt):
+        with b.loading():
+            b.upsert(docs(5, dim=8)[0])
+            b.save()  # a checkpoint: refreshed, alias unchanged
+            assert fake.aliases == {"ckpt": {a.index}} and b.count() == 5
+            raise KeyboardInterrupt
+    assert fake.aliases == {"ckpt": {a.index}}
+    resumed = open_ingest(settings, model_id="org/model-b", dim=8)
+    assert resumed.index == b.index and resumed.count() == 5
+    with resumed.loading():
+        resumed.upsert(docs(8, dim=8)[0])
+        resumed.save()
+        assert fake.aliases == {"ckpt": {a.index}}
+    assert fake.aliases == {"ckpt": {b.index}}
+
+
 def test_alias_swap_is_one_atomic_request(fake):
     settings = Cluster(fake.url, fake, "swap").settings()
     a, _, _ = loaded(settings, n=5)

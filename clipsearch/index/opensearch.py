@@ -245,6 +245,8 @@ class OpenSearchIndex:
         else:
             if outer:
                 self._restore_settings()
+                # The load is complete: only now may the alias move to a new model's index.
+                self._point_alias()
         finally:
             with self._lock:
                 self._loading -= 1
@@ -259,7 +261,9 @@ class OpenSearchIndex:
 
     def save(self, force_merge: bool | None = None) -> None:
         """Refresh (documents become searchable), optionally merge to one segment, then point
-        the alias at this index if it is not already (the model-change swap)."""
+        the alias at this index if it is not already (the model-change swap). Inside
+        `loading()` a save is a checkpoint: the swap waits for the load to end without error,
+        so clients never see a half-built index of a new model."""
         force_merge = self.force_merge if force_merge is None else force_merge
         if self.service != "aoss":
             with self._guard("refreshing"):
@@ -268,7 +272,8 @@ class OpenSearchIndex:
                 with self._guard("force-merging"):
                     self.client.indices.forcemerge(index=self.index, params={
                         "max_num_segments": 1, "request_timeout": 3600})
-        self._point_alias()
+        if self._loading == 0:
+            self._point_alias()
 
     def _point_alias(self) -> None:
         if self._live == self.index:
