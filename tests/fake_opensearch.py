@@ -384,6 +384,10 @@ class Searcher:
         k = params.get("k")
         if "k" in params and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10000):
             raise bad(f"[knn] requires 0 < k <= 10000, got [{k}]", "illegal_argument_exception")
+        rescore = params.get("rescore", {})
+        if rescore is not False and (not isinstance(rescore, dict) or set(rescore) - {"oversample_factor"}
+                                     or not 1.0 <= float(rescore.get("oversample_factor", 1.0)) <= 100.0):
+            raise bad(f"[knn] invalid rescore {rescore}", "illegal_argument_exception")
         mp = params.get("method_parameters", {})
         if set(mp) - {"ef_search"} or not isinstance(mp.get("ef_search", 2), int) or mp.get("ef_search", 2) < 1:
             raise bad(f"[knn] invalid method_parameters {mp}", "illegal_argument_exception")

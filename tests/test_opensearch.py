@@ -499,6 +499,14 @@ def test_on_disk_mode_mapping(fake):
     vec = fake.indices[index.index].mappings["properties"]["vector"]
     assert vec["mode"] == "on_disk" and vec["compression_level"] == "32x"
     assert (index.mode, index.compression) == ("on_disk", "32x")
+    ds, vecs = docs(20)
+    index.upsert(ds)
+    index.save()
+    assert index.search(vecs[5], k=3)[0].id == "p5"
+    import json
+
+    body = json.loads([r for r in fake.requests if r.path.endswith("_search")][-1].body)
+    assert body["query"]["knn"]["vector"]["rescore"] == {"oversample_factor": 5.0}
 
 
 def test_search_request_shape(fake):
