@@ -324,7 +324,8 @@ class Searcher:
                 return None if value is None or isinstance(value, (dict, list)) else (
                     str(value).lower() if isinstance(value, bool) else str(value))
             if t == "boolean":
-                return value if isinstance(value, bool) else None
+                return {"true": True, "false": False}.get(value) if isinstance(value, str) else (
+                    value if isinstance(value, bool) else None)
             if t in ("integer", "float"):
                 if isinstance(value, bool) or value is None:
                     return None
@@ -766,7 +767,8 @@ class FakeOpenSearch:
                     raise bad(f"[{name}] byte vectors take integers in [-128, 127]", "mapper_parsing_exception")
                 if not all(math.isfinite(x) for x in v):
                     raise bad("KNN vector values cannot be NaN or Infinity", "mapper_parsing_exception")
-            elif t in ("integer", "float", "boolean") and not ignore and Searcher._typed(prop, v) is None:
+            elif t in ("integer", "float", "boolean") and Searcher._typed(prop, v) is None \
+                    and (t == "boolean" or not ignore):  # booleans have no ignore_malformed
                 raise bad(f"failed to parse field [{name}] of type [{t}]", "mapper_parsing_exception")
 
     def get_doc(self, target: str, doc_id: str) -> tuple[int, Any]:

@@ -246,7 +246,7 @@ def test_bad_search_input_is_invalid_input(fake, kwargs, match):
     (Document("", np.ones(DIM)), "non-empty"), (Document("x" * 513, np.ones(DIM)), "512"),
     (Document("a", np.ones(DIM + 2)), "dimensions"), (Document("a", np.zeros(DIM)), "zeros"),
     (Document("a", np.full(DIM, np.inf)), "NaN"), (Document("a", np.ones(DIM), {"vector": 1}), "reserved"),
-    (Document("a", np.ones(DIM), {"x": object()}), "JSON"), (Document("a", np.ones(DIM), {"x": float("nan")}), "JSON"),
+    (Document("a", np.ones(DIM), {"x": object()}), "JSON"), (Document("a", np.ones(DIM), {"featured": "yes"}), "featured"), (Document("a", np.ones(DIM), {"x": float("nan")}), "JSON"),
 ])
 def test_bad_documents_are_invalid_input_and_nothing_is_written(fake, doc, match):
     index = open_ingest(Cluster(fake.url, fake, "bad").settings())
@@ -257,7 +257,7 @@ def test_bad_documents_are_invalid_input_and_nothing_is_written(fake, doc, match
 
 def test_wrongly_typed_metadata_keeps_the_document(cluster):
     index = open_ingest(cluster.settings())
-    index.upsert([Document("odd", np.ones(DIM), {"width": "wide", "featured": "maybe", "orientation": "portrait"})])
+    index.upsert([Document("odd", np.ones(DIM), {"width": "wide", "aspect_ratio": "tall", "orientation": "portrait"})])
     index.save()
     assert index.count() == 1 and index.get("odd").metadata["width"] == "wide"
     assert [h.id for h in index.search(np.ones(DIM), k=3, filters={"orientation": "portrait"})] == ["odd"]

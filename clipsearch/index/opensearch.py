@@ -198,6 +198,10 @@ class OpenSearchIndex:
                 raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
             if om.RESERVED & set(d.metadata):
                 raise InvalidInput(f"document {d.id!r}: metadata may not use the reserved fields {sorted(om.RESERVED)}")
+            for name in om.BOOLEAN_FIELDS & set(d.metadata):
+                # ignore_malformed covers numbers, not booleans: OpenSearch would reject the document
+                if not isinstance(d.metadata[name], (bool, type(None))):
+                    raise InvalidInput(f"document {d.id!r}: {name} must be true or false, got {d.metadata[name]!r}")
         rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]
         for d, row in zip(docs, rows):
             if row.shape[0] != self.dim:

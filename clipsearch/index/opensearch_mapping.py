@@ -30,6 +30,7 @@ from clipsearch import schema
 VECTOR_FIELD = "vector"
 ID_FIELD = "doc_id"  # the id again, as a sortable keyword: `ids()` pages with search_after on it
 RESERVED = frozenset((VECTOR_FIELD, ID_FIELD))
+BOOLEAN_FIELDS = frozenset(n for n, t in schema.FIELDS.items() if t == "boolean")
 ENGINES = ("faiss", "lucene")
 DATA_TYPES = ("float", "byte")
 MODES = ("in_memory", "on_disk")
@@ -107,9 +108,8 @@ def index_body(*, model_id: str, dim: int, engine: str = "faiss", m: int = 32, e
             # Metadata fields outside the schema are kept and returned but not indexed: the
             # mapping stays the one above however many odd fields a source sends.
             "dynamic": False,
-            "_meta": {"clipsearch": {"format": META_FORMAT, "model_id": model_id, "dim": dim,
-                                     "data_type": data_type,
-                                     "byte_scale": byte_scale(dim) if data_type == "byte" else None}},
+            "_meta": {"clipsearch": {"format": META_FORMAT, "model_id": model_id, "dim": dim, "data_type": data_type,
+                                     **({"byte_scale": byte_scale(dim)} if data_type == "byte" else {})}},
             "properties": properties,
         },
     }
