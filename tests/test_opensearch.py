@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from clipsearch.config import Settings
-from clipsearch.errors import BackendUnavailable, IndexMissing, InvalidInput, NotFound
+from clipsearch.errors import BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, NotFound
 from clipsearch.index import Document, check_model, open_index
 from clipsearch.index import opensearch_mapping as om
 from clipsearch.index.faiss_index import FaissIndex
@@ -337,6 +337,21 @@ def test_open_index_dispatches_to_opensearch(fake):
 def test_missing_alias_is_index_missing_with_the_fix(cluster):
     with pytest.raises(IndexMissing, match=f"{cluster.alias}.*python -m ingest .*--backend opensearch"):
         OpenSearchIndex.from_settings(cluster.settings(), client=cluster.client())
+
+
+def test_a_cluster_refusing_the_mapping_is_a_clear_error(fake, monkeypatch):
+    import fake_opensearch
+
+    monkeypatch.delitem(fake_opensearch.FIELD_PARAMS, "knn_vector")  # a cluster without the k-NN plugin
+    with pytest.raises(ClipsearchError, match="creating the index.*400.*knn_vector"):
+        open_ingest(Cluster(fake.url, fake, "noplugin").settings())
+
+
+def test_another_alias_with_a_similar_name_is_never_resumed(fake):
+    # "photos" + model "org/m" and "photos-org" + model "m" share the name prefix photos-org-m-8-
+    first = open_ingest(Cluster(fake.url, fake, "photos-org").settings(), model_id="m", dim=8)
+    other = open_ingest(Cluster(fake.url, fake, "photos").settings(), model_id="org/m", dim=8)
+    assert other.index != first.index and other.index.startswith("photos-org-m-8-")
 
 
 def test_index_deleted_under_a_running_server_is_index_missing(fake):

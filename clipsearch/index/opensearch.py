@@ -42,6 +42,13 @@ def _error_type(exc) -> str:
     return str(getattr(exc, "error", ""))
 
 
+def _reason(exc) -> str:
+    info = getattr(exc, "info", None)
+    if isinstance(info, dict) and isinstance(info.get("error"), dict):
+        return str(info["error"].get("reason", ""))[:500]
+    return str(info)[:500]
+
+
 @contextlib.contextmanager
 def translate_errors(what: str, index: str, url: str):
     """OpenSearch client exceptions as the domain's errors, the cause logged."""
@@ -67,7 +74,11 @@ def translate_errors(what: str, index: str, url: str):
             log.error("OpenSearch %s at %s failed: %s %s", what, url, status, exc.info)
             raise BackendUnavailable(f"OpenSearch answered {status or 'an error'} ({what})",
                                      retry_after=10 if status == 429 else 5) from exc
-        raise
+        if status == 404:  # a missing document: the caller decides
+            raise
+        # A request the cluster refuses (say, no k-NN plugin): not transient, not the client's input.
+        log.error("OpenSearch %s at %s refused: %s %s", what, url, status, exc.info)
+        raise ClipsearchError(f"OpenSearch refused {what} ({status} {_error_type(exc)}): {_reason(exc)}") from exc
 
 
 class OpenSearchIndex:
@@ -131,7 +142,7 @@ class OpenSearchIndex:
             candidates = _mappings(client, f"{prefix}-*")
         for name in sorted(candidates, reverse=True):
             meta = _meta(candidates[name])
-            if meta.get("model_id") == model_id and meta.get("dim") == dim:
+            if meta.get("model_id") == model_id and meta.get("dim") == dim and meta.get("alias") == alias:
                 log.info("resuming the unfinished index %s for model %s", name, model_id)
                 return cls._from_mapping(client, alias, name, candidates[name], live=live_name, **common)
         return cls.create(client, settings, model_id=model_id, dim=dim, live=live_name, **common)
@@ -141,7 +152,7 @@ class OpenSearchIndex:
                **common) -> "OpenSearchIndex":
         name = om.physical_name(settings.opensearch_index, model_id, dim)
         body = om.index_body(
-            model_id=model_id, dim=dim, engine=settings.opensearch_engine, m=settings.opensearch_m,
+            model_id=model_id, dim=dim, alias=settings.opensearch_index, engine=settings.opensearch_engine, m=settings.opensearch_m,
             ef_construction=settings.opensearch_ef_construction, ef_search=settings.opensearch_ef_search,
             data_type=settings.opensearch_data_type, mode=settings.opensearch_mode,
             compression=settings.opensearch_compression, shards=settings.opensearch_shards,

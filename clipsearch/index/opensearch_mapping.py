@@ -79,7 +79,7 @@ def physical_name(alias: str, model_id: str, dim: int, now: float | None = None)
     return f"{alias}-{slug}-{dim}-{stamp}"
 
 
-def index_body(*, model_id: str, dim: int, engine: str = "faiss", m: int = 32, ef_construction: int = 200,
+def index_body(*, model_id: str, dim: int, alias: str | None = None, engine: str = "faiss", m: int = 32, ef_construction: int = 200,
                ef_search: int = 128, data_type: str = "float", mode: str | None = None,
                compression: str | None = None, shards: int = 1, replicas: int = 1) -> dict[str, Any]:
     check_options(engine, data_type, mode, compression, m, ef_construction, ef_search)
@@ -108,7 +108,8 @@ def index_body(*, model_id: str, dim: int, engine: str = "faiss", m: int = 32, e
             # Metadata fields outside the schema are kept and returned but not indexed: the
             # mapping stays the one above however many odd fields a source sends.
             "dynamic": False,
-            "_meta": {"clipsearch": {"format": META_FORMAT, "model_id": model_id, "dim": dim, "data_type": data_type,
+            "_meta": {"clipsearch": {"format": META_FORMAT, "model_id": model_id, "dim": dim, "alias": alias,
+                                     "data_type": data_type,
                                      **({"byte_scale": byte_scale(dim)} if data_type == "byte" else {})}},
             "properties": properties,
         },
