@@ -536,3 +536,30 @@ def test_search_request_shape(fake):
     assert knn["filter"] == {"bool": {"filter": [{"terms": {"orientation": ["portrait"]}}]}}
     assert body["_source"] == {"excludes": ["vector", "doc_id"]}
     assert 1.0999 < body["min_score"] <= 1.1 and "post_filter" not in body
+
+
+# -- filters: the same meaning as the embedded backend, for any input --------------------------
+def test_any_filters_mean_the_same_as_in_the_embedded_backend(fake):
+    from hypothesis import given, settings as hsettings, strategies as st
+
+    index, ds, vecs = loaded(Cluster(fake.url, fake, "fuzz").settings(), n=60, seed=8)
+    embedded = FaissIndex(None, model_id="org/model-a", dim=DIM)
+    embedded.upsert(ds)
+    scalar = st.one_of(st.sampled_from(["landscape", "portrait", "user1", "user4", "squarish", ""]),
+                       st.integers(-10, 7000), st.sampled_from([0, 100, 2500, 5900]), st.booleans(),
+                       st.floats(-1e4, 1e4, allow_nan=False), st.text(max_size=5))
+    bound = st.one_of(st.integers(-100, 7000), st.floats(-100, 7000, allow_nan=False))
+    spec = st.one_of(scalar, st.lists(scalar, min_size=1, max_size=4),
+                     st.dictionaries(st.sampled_from(["gt", "gte", "lt", "lte"]), bound, min_size=1, max_size=2))
+    fields = st.sampled_from(["orientation", "width", "featured", "photographer_username", "height"])
+    query = vecs[0] + 0.3 * vecs[1]
+
+    @hsettings(max_examples=120, deadline=None, derandomize=True)
+    @given(st.dictionaries(fields, spec, max_size=3), st.integers(1, 25))
+    def same(filters, k):
+        want = embedded.search(query, k=k, filters=filters)
+        got = index.search(query, k=k, filters=filters)
+        assert [h.id for h in got] == [h.id for h in want], filters
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+    same()
