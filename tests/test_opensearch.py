@@ -194,6 +194,18 @@ def test_parity_with_the_embedded_backend(cluster):
         assert [h.metadata for h in got] == [h.metadata for h in want]
 
 
+def test_lucene_engine_gives_the_same_cosines(cluster):
+    index, ds, vecs = loaded(cluster.settings(opensearch_engine="lucene", opensearch_m=16,
+                                              opensearch_ef_construction=100), n=100, seed=9)
+    assert index.engine == "lucene"
+    embedded = FaissIndex(None, model_id="org/model-a", dim=DIM)
+    embedded.upsert(ds)
+    for q in (vecs[3], -vecs[3], vecs[4] - vecs[5]):
+        got, want = index.search(q, k=8, filters={"featured": True}), embedded.search(q, k=8, filters={"featured": True})
+        assert [h.id for h in got] == [h.id for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+
 def test_filter_inside_knn_still_returns_k(cluster):
     index, ds, vecs = loaded(cluster.settings(), n=150)
     # 6 of 150 documents match; a post-filter on the global top 10 would return about none.
