@@ -55,6 +55,10 @@ FIELD_PARAMS = {
     "text": {"type", "index", "store", "fields", "analyzer"},
     "knn_vector": {"type", "dimension", "method", "data_type", "mode", "compression_level", "space_type", "model_id"},
 }
+URL_PARAMS = {"flat_settings", "max_num_segments", "refresh", "timeout", "master_timeout", "cluster_manager_timeout",
+              "wait_for_active_shards", "pretty", "error_trace", "filter_path", "include_defaults", "ignore_unavailable",
+              "allow_no_indices", "expand_wildcards", "routing", "preference", "realtime", "human", "local",
+              "rest_total_hits_as_int", "typed_keys", "only_expunge_deletes", "flush"}
 SPACES = {"l2", "innerproduct", "cosinesimil", "l1", "linf", "hamming"}
 
 
@@ -522,6 +526,9 @@ class FakeOpenSearch:
 
     # -- the API ---------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes, headers) -> tuple[int, Any]:
+        unknown = sorted(set(query) - URL_PARAMS)
+        if unknown:  # e.g. a client option leaking into the URL
+            raise bad(f"request [{path}] contains unrecognized parameter: [{unknown[0]}]")
         parts = [unquote(p) for p in path.strip("/").split("/") if p]
         with self.lock:
             if not parts:

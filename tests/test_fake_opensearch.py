@@ -166,3 +166,9 @@ def test_static_settings_cannot_change_on_an_open_index(fake_opensearch):
     r = call(fake_opensearch, "PUT", "/i/_settings", {"index": {"number_of_shards": 3}})
     assert r.status_code == 400 and "non dynamic" in error_of(r)[1]
     assert call(fake_opensearch, "PUT", "/i/_settings", {"index": {"refresh_interval": "-1"}}).ok
+
+
+def test_refuses_unknown_url_parameters(fake_opensearch):
+    knn_index(fake_opensearch)
+    r = call(fake_opensearch, "POST", "/i/_refresh?request_timeout=30")
+    assert r.status_code == 400 and "unrecognized parameter: [request_timeout]" in error_of(r)[1]
