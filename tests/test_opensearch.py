@@ -158,6 +158,10 @@ def test_roundtrip_and_idempotent_upsert(cluster):
         index.upsert(ds[:50])
         index.save()
     assert index.count() == 120
+    twice = [Document("p0", vecs[1], {"v": 1}), Document("p0", vecs[2], {"v": 2})]
+    assert index.upsert(twice) == 2  # like the embedded index: the last one wins
+    index.save()
+    assert index.get("p0").metadata == {"v": 2} and index.count() == 120
     assert index.delete(["p1", "p2", "nope"]) == 2
     index.save()
     assert index.count() == 118 and "p1" not in index.ids()

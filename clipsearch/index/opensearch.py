@@ -185,8 +185,11 @@ class OpenSearchIndex:
         if not docs:
             return 0
         vectors = self._validate(docs)
+        # One action per id, the last one winning as in the embedded index: two actions for one
+        # id in parallel requests could land in either order.
+        latest = {d.id: (d, vec) for d, vec in zip(docs, vectors)}
         actions = []
-        for d, vec in zip(docs, vectors):
+        for d, vec in latest.values():
             source = {k: v for k, v in d.metadata.items()}
             source[om.VECTOR_FIELD] = om.encode_vector(vec, self.data_type, self.byte_scale)
             source[om.ID_FIELD] = d.id
@@ -199,7 +202,7 @@ class OpenSearchIndex:
         if result.errors:
             first = "; ".join(f"{i}: {r}" for i, r in list(result.errors.items())[:3])
             raise InvalidInput(f"OpenSearch rejected {len(result.errors)} of {len(docs)} documents ({first})")
-        return len(result.ok)
+        return len(docs)
 
     def _validate(self, docs: list[Document]) -> np.ndarray:
         for d in docs:
