@@ -187,7 +187,7 @@ def check_mappings(m: Any) -> dict:
         raise bad(f"Root mapping definition has unsupported parameters:  [{', '.join(sorted(unknown))}]",
                   "mapper_parsing_exception")
     if str(m.get("dynamic", "true")).lower() not in ("true", "false", "strict", "strict_allow_templates"):
-        raise bad(f"Could not convert [dynamic.dynamic] to boolean", "mapper_parsing_exception")
+        raise bad("Could not convert [dynamic.dynamic] to boolean", "mapper_parsing_exception")
     for name, p in m.get("properties", {}).items():
         if not isinstance(p, dict) or "type" not in p:
             raise bad(f"No type specified for field [{name}]", "mapper_parsing_exception")
@@ -208,7 +208,7 @@ def _check_knn_field(name: str, p: dict) -> None:
         raise bad(f"Dimension value must be between 1 and 16000 for field [{name}], got [{dim}]", "mapper_parsing_exception")
     data_type = p.get("data_type", "float")
     if data_type not in ("float", "byte", "binary"):
-        raise bad(f"Invalid value provided for [data_type] field. Supported values are [float, byte, binary]",
+        raise bad("Invalid value provided for [data_type] field. Supported values are [float, byte, binary]",
                   "mapper_parsing_exception")
     mode, comp = p.get("mode"), p.get("compression_level")
     if mode not in (None, "in_memory", "on_disk"):
@@ -710,7 +710,7 @@ class FakeOpenSearch:
             if op != "delete":
                 i += 1
                 if i >= len(lines):
-                    raise bad(f"Validation Failed: 1: source is missing;", "action_request_validation_exception")
+                    raise bad("Validation Failed: 1: source is missing;", "action_request_validation_exception")
                 try:
                     doc = json.loads(lines[i])
                 except json.JSONDecodeError as exc:
