@@ -357,9 +357,9 @@ def test_missing_alias_is_index_missing_with_the_fix(cluster):
 
 
 def test_a_cluster_refusing_the_mapping_is_a_clear_error(fake, monkeypatch):
-    import fake_opensearch
+    import fake_opensearch_rules
 
-    monkeypatch.delitem(fake_opensearch.FIELD_PARAMS, "knn_vector")  # a cluster without the k-NN plugin
+    monkeypatch.delitem(fake_opensearch_rules.FIELD_PARAMS, "knn_vector")  # a cluster without the k-NN plugin
     with pytest.raises(ClipsearchError, match="creating the index.*400.*knn_vector"):
         open_ingest(Cluster(fake.url, fake, "noplugin").settings())
 
