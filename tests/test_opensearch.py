@@ -580,3 +580,21 @@ def test_any_filters_mean_the_same_as_in_the_embedded_backend(fake):
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
 
     same()
+
+
+def test_the_server_path_stays_within_the_query_roles_permissions(fake):
+    """infra/template.yaml lets the function GET/HEAD `{alias}*` and POST `{alias}*/_search` and
+    `{alias}*/_count`, nothing else: opening, searching, getting and counting must fit."""
+    import re
+
+    settings = Cluster(fake.url, fake, "clipsearch").settings()
+    loaded(settings, n=10)
+    before = len(fake.requests)
+    server = OpenSearchIndex.from_settings(settings, client=make_client(settings))
+    hit = server.search(server.get("p3").vector, k=3, filters={"orientation": "landscape"}, min_score=0.0)
+    assert hit and server.count() == 10
+    for r in fake.requests[before:]:
+        path = r.path.split("?")[0]
+        allowed = (r.method in ("GET", "HEAD") and re.match(r"^/clipsearch[^/]*(/|$)", path)) or (
+            r.method == "POST" and re.match(r"^/clipsearch[^/]*/(_search|_count)$", path))
+        assert allowed, (r.method, r.path)
