@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from clipsearch.config import Settings
-from clipsearch.errors import BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, NotFound
+from clipsearch.errors import BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, ModelMismatch, NotFound
 from clipsearch.index import Document, check_model, open_index
 from clipsearch.index import opensearch_mapping as om
 from clipsearch.index.faiss_index import FaissIndex
@@ -378,6 +378,27 @@ def test_index_deleted_under_a_running_server_is_index_missing(fake):
     cluster_client.indices.delete(index=index.index)
     with pytest.raises(IndexMissing, match=index.index):
         index.search(vecs[0], k=1)
+
+
+def test_a_warm_server_follows_the_alias_to_a_rebuilt_index_of_its_model(fake):
+    settings = Cluster(fake.url, fake, "rebuilt").settings()
+    old, _, vecs = loaded(settings, n=10)
+    server = OpenSearchIndex.from_settings(settings, client=make_client(settings))
+    # Rebuilt as byte vectors under the same model, then the old index deleted.
+    client = make_client(settings)
+    new = OpenSearchIndex.create(client, replace(settings, opensearch_data_type="byte"), model_id="org/model-a",
+                                 dim=DIM, live=old.index)
+    new.upsert(docs(10)[0])
+    new.save()
+    client.indices.delete(index=old.index)
+    assert server.search(vecs[2], k=1)[0].id == "p2" and server.index == new.index and server.data_type == "byte"
+    # Swapped to another model and the old one deleted: not comparable, said so.
+    other = open_ingest(settings, model_id="org/model-b", dim=8)
+    other.upsert(docs(3, dim=8)[0])
+    other.save()
+    client.indices.delete(index=new.index)
+    with pytest.raises(ModelMismatch, match="org/model-b"):
+        server.count()
 
 
 # -- bulk loading ---------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from clipsearch.config import Settings
-from clipsearch.errors import BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, NotFound
+from clipsearch.errors import (BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, ModelMismatch,
+                               NotFound)
 from clipsearch.index import opensearch_mapping as om
 from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model
 from clipsearch.index.filters import parse_filters
@@ -306,11 +307,43 @@ class OpenSearchIndex:
         self._live = self.index
 
     # -- reading ---------------------------------------------------------------------------
+    def _following(self, read):
+        """Run `read`; when the physical index is gone (an old index deleted after a re-ingest
+        while this process kept it), follow the alias once to its index of the same model."""
+        try:
+            return read()
+        except IndexMissing:
+            if self._loading or not self._follow_alias():
+                raise
+            return read()
+
+    def _follow_alias(self) -> bool:
+        with self._guard("reading the index mapping"):
+            live = _mappings(self.client, self.alias)
+        if len(live) != 1 or self.index in live:
+            return False
+        name, mapping = next(iter(live.items()))
+        now = self._from_mapping(self.client, self.alias, name, mapping, live=name)
+        if (now.model_id, now.dim) != (self.model_id, self.dim):  # its vectors are not comparable with ours
+            raise ModelMismatch(now.model_id, now.dim, self.model_id, self.dim)
+        log.warning("index %s is gone; alias %s now points at %s (same model): following it", self.index,
+                    self.alias, name)
+        self.index, self._live = name, name
+        self.data_type, self.byte_scale = now.data_type, now.byte_scale
+        self.engine, self.mode, self.compression = now.engine, now.mode, now.compression
+        return True
+
     def count(self) -> int:
+        return self._following(self._count)
+
+    def _count(self) -> int:
         with self._guard("counting"):
             return int(self.client.count(index=self.index)["count"])
 
     def ids(self) -> list[str]:
+        return self._following(self._ids)
+
+    def _ids(self) -> list[str]:
         out: list[str] = []
         after = None
         while True:
@@ -326,10 +359,13 @@ class OpenSearchIndex:
             after = hits[-1]["sort"]
 
     def get(self, doc_id: str) -> Document:
-        from opensearchpy.exceptions import NotFoundError
-
         if not isinstance(doc_id, str) or not doc_id:
             raise NotFound(f"no document with id {doc_id!r} in the index")
+        return self._following(lambda: self._get(doc_id))
+
+    def _get(self, doc_id: str) -> Document:
+        from opensearchpy.exceptions import NotFoundError
+
         try:
             with self._guard("getting a document"):
                 got = self.client.get(index=self.index, id=doc_id)
@@ -349,6 +385,9 @@ class OpenSearchIndex:
                            "mode": self.mode, "compression": self.compression}}
 
     def search(self, vector, k: int = 10, filters: dict | None = None, min_score: float | None = None) -> list[Hit]:
+        return self._following(lambda: self._search(vector, k, filters, min_score))
+
+    def _search(self, vector, k: int, filters: dict | None, min_score: float | None) -> list[Hit]:
         k = check_k(k)
         if k > MAX_K:
             raise InvalidInput(f"k must be at most {MAX_K}, got {k}")
