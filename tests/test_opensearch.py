@@ -348,7 +348,10 @@ def test_open_index_dispatches_to_opensearch(fake):
     clear_cache()
     index = open_index(settings)
     assert isinstance(index, OpenSearchIndex) and index.count() == 5
-    assert open_index(settings, model_id="org/model-a", dim=DIM).index == index.index
+    again = open_index(settings, model_id="org/model-a", dim=DIM)
+    assert again.index == index.index
+    assert again.client is index.client  # one client (and its connection pool) per process, as in a warm Lambda
+    clear_cache()
 
 
 def test_missing_alias_is_index_missing_with_the_fix(cluster):
