@@ -11,8 +11,8 @@ the function's statusCode/headers/body, or 504 `{"message": "Endpoint request ti
 29 s, as API Gateway does. `GET /health` is 200 once the function answers and is initialised.
 
 The emulator runs one invocation at a time and *crashes* (a Go nil-pointer panic) when a second
-arrives while one is running, so the gateway sends it one at a time, as a function with a
-concurrency of one; do not fire parallel requests at the emulator's own port either.
+arrives while one is running, so the gateway (server/gateway.py) sends it one at a time, as a
+function with a concurrency of one; do not fire parallel requests at the emulator's own port.
 
 `LocalStack` starts both for tests and benchmarks and stops them (process group included).
 """
@@ -20,9 +20,7 @@ concurrency of one; do not fire parallel requests at the emulator's own port eit
 from __future__ import annotations
 
 import argparse
-import base64
 import importlib.util
-import json
 import os
 import platform
 import signal
@@ -31,22 +29,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, urlsplit
+
+from server.gateway import API_GATEWAY_TIMEOUT_S, Gateway, Invoker, proxy_reply, rest_event  # noqa: F401 - re-exported
+
+__all__ = ["LocalStack", "Gateway", "Invoker", "proxy_reply", "rest_event", "find_rie", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
-API_GATEWAY_TIMEOUT_S = 29.0
 FUNCTION_TIMEOUT_S = 28  # infra/template.yaml's Timeout: one second under the gateway's
-MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
-BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")  # as the template declares
 CURL = ('curl -XPOST "http://localhost:{port}/2015-03-31/functions/function/invocations" '
         "-d '{{\"query\": \"two dogs\", \"input_type\": \"text\"}}'")
 
@@ -69,170 +61,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def rest_event(method: str, target: str, headers: dict[str, str], body: bytes, source_ip: str) -> dict[str, Any]:
-    """An API Gateway REST (v1) proxy event, as the deployed API would send it."""
-    parts = urlsplit(target)
-    multi = parse_qs(parts.query, keep_blank_values=True)
-    ctype = headers.get("content-type", headers.get("Content-Type", "")).split(";")[0].strip().lower()
-    binary = ctype in BINARY_MEDIA_TYPES
-    try:
-        text = None if binary else body.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None  # not text: deliver it base64-encoded rather than mangled
-    request_id = str(uuid.uuid4())
-    return {
-        "resource": parts.path, "path": parts.path, "httpMethod": method,
-        "headers": dict(headers), "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": {k: v[-1] for k, v in multi.items()} or None,
-        "multiValueQueryStringParameters": multi or None,
-        "pathParameters": None, "stageVariables": None,
-        "requestContext": {"resourcePath": parts.path, "httpMethod": method, "path": "/local" + parts.path,
-                           "stage": "local", "requestId": request_id, "requestTimeEpoch": int(time.time() * 1000),
-                           "identity": {"sourceIp": source_ip}},
-        "body": (text if text is not None else base64.b64encode(body).decode("ascii")) if body else None,
-        "isBase64Encoded": bool(body) and text is None,
-    }
-
-
-class Invoker:
-    """Invokes the emulator one request at a time (it crashes on concurrent invocations).
-
-    The single worker holds the emulator until it answers, even after the waiting caller gave
-    up with a 504, so a timed-out request can never overlap the next one.
-    """
-
-    def __init__(self, invoke_url: str, call_timeout_s: float):
-        self.invoke_url, self.call_timeout_s = invoke_url, call_timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invoke")
-
-    def submit(self, event: Any) -> Future:
-        return self._pool.submit(self._post, event)
-
-    def invoke(self, event: Any, timeout_s: float | None = None) -> Any:
-        """The function's return value (JSON-decoded); raises TimeoutError past `timeout_s`."""
-        future = self.submit(event)
-        try:
-            return future.result(timeout=timeout_s)
-        except FutureTimeout:
-            future.cancel()  # still queued: never send it
-            raise TimeoutError(f"no answer within {timeout_s} s") from None
-
-    def _post(self, event: Any) -> Any:
-        data = json.dumps(event).encode()
-        req = urllib.request.Request(self.invoke_url, data=data, method="POST")
-        with urllib.request.urlopen(req, timeout=self.call_timeout_s) as resp:
-            return json.loads(resp.read())
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class Gateway(ThreadingHTTPServer):
-    """`POST /search` and `OPTIONS /search` as proxy events; `GET /health`; API Gateway's 504."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], invoker: Invoker, timeout_s: float = API_GATEWAY_TIMEOUT_S):
-        super().__init__(address, _GatewayHandler)
-        self.invoker, self.timeout_s = invoker, timeout_s
-        self._health: Future | None = None
-        self._health_lock = threading.Lock()
-
-    def forward(self, event: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-        try:
-            out = self.invoker.invoke(event, self.timeout_s)
-        except TimeoutError:
-            return 504, {"Content-Type": "application/json"}, b'{"message": "Endpoint request timed out"}'
-        except (OSError, ValueError) as exc:  # emulator down, or not JSON
-            return _bad_gateway(f"the emulator did not answer: {exc}")
-        return proxy_reply(out)
-
-    def health(self, event: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-        """Coalesced: many pollers share one in-flight health invocation."""
-        with self._health_lock:
-            if self._health is None or self._health.done():
-                self._health = self.invoker.submit(event)
-            future = self._health
-        try:
-            return proxy_reply(future.result(timeout=self.timeout_s))
-        except FutureTimeout:
-            return 503, {"Content-Type": "application/json"}, b'{"message": "the function is still starting"}'
-        except (OSError, ValueError) as exc:
-            return 503, {"Content-Type": "application/json"}, json.dumps({"message": f"the emulator is not answering: {exc}"}).encode()
-
-
-def _bad_gateway(why: str) -> tuple[int, dict[str, str], bytes]:
-    # What API Gateway answers when the function fails or returns a malformed proxy response.
-    return 502, {"Content-Type": "application/json", "X-Local-Gateway-Reason": why[:200].replace("\n", " ")}, \
-        b'{"message": "Internal server error"}'
-
-
-def proxy_reply(out: Any) -> tuple[int, dict[str, str], bytes]:
-    """The HTTP reply API Gateway builds from a proxy response; 502 for anything else."""
-    if not isinstance(out, dict) or not isinstance(out.get("statusCode"), int):
-        kind = out.get("errorType") if isinstance(out, dict) else type(out).__name__
-        return _bad_gateway(f"the function did not return a proxy response ({kind})")
-    headers = {str(k): str(v) for k, v in (out.get("headers") or {}).items()}
-    body = out.get("body") or ""
-    data = base64.b64decode(body) if out.get("isBase64Encoded") else str(body).encode("utf-8")
-    return out["statusCode"], headers, data
-
-
-class _GatewayHandler(BaseHTTPRequestHandler):
-    server: Gateway
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass  # the function logs every request; the gateway stays quiet
-
-    def _event(self, method: str, body: bytes = b"") -> dict[str, Any]:
-        return rest_event(method, self.path, {k: v for k, v in self.headers.items()}, body, self.client_address[0])
-
-    def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.send_response(status)
-        for k, v in headers.items():
-            if k.lower() not in ("content-length", "connection", "transfer-encoding"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _route(self) -> str | None:
-        return urlsplit(self.path).path.rstrip("/") or "/"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        if self._route() != "/search":
-            return self._reply(404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_REQUEST_BYTES:
-            remaining = length if length <= 4 * MAX_REQUEST_BYTES else 0
-            while remaining > 0:  # drain it, so the client reads our 413 rather than a broken pipe
-                chunk = self.rfile.read(min(1 << 20, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-            self.close_connection = True
-            return self._reply(413, {"Content-Type": "application/json"}, b'{"message": "Request Too Long"}')
-        body = self.rfile.read(length) if length else b""
-        self._reply(*self.server.forward(self._event("POST", body)))
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        if self._route() != "/search":
-            return self._reply(404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
-        self._reply(*self.server.forward(self._event("OPTIONS")))
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self._route() != "/health":
-            return self._reply(404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
-        self._reply(*self.server.health(self._event("GET")))
-
-    do_HEAD = do_GET
 
 
 class LocalStack:
