@@ -105,7 +105,8 @@ class SearchService:
                         "total": round((t2 - t0) * 1000, 3)},
         }
 
-    def _vector(self, q) -> tuple[np.ndarray, str | None]:
+    def _vector(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> tuple[np.ndarray, str | None]:
+        """The query vector, and the id to leave out of the results ("more like this")."""
         if isinstance(q, TextQuery):
             return self.text_vector(q.query), None
         if isinstance(q, IdQuery):
