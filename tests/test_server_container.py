@@ -136,3 +136,36 @@ def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, ti
         cmdline = stack.runtime_process().cmdline()
     assert statuses == [200, 200, 400, 400, 200, 200, 200, 200], (tmp_path / "log").read_text()[-3000:]
     assert cmdline[1] == "-S"
+
+
+def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model_dir):
+    """The image's /opt/model must load as the hub id the index recorded, not as 'model'."""
+    import shutil
+
+    import huggingface_hub
+
+    from clipsearch.encoder import resolve_model_id
+    from server import download_model
+
+    calls = {}
+
+    class FakeApi:
+        def list_repo_files(self, repo_id, revision=None):
+            calls["listed"] = repo_id
+            return ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "tokenizer.json"]
+
+    def fake_snapshot(repo_id, revision=None, local_dir=None, allow_patterns=None):
+        calls["patterns"] = allow_patterns
+        shutil.copytree(tiny_model_dir, local_dir, dirs_exist_ok=True)
+        (local_dir / "clipsearch_model.json").unlink(missing_ok=True)  # what the hub has: no such file
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert download_model.main(["openai/clip-vit-base-patch32", str(tmp_path / "model")]) == 0
+    assert calls["listed"] == "openai/clip-vit-base-patch32"
+    assert calls["patterns"] == ["*.json", "*.txt", "*.safetensors"]  # no .bin, .h5 or msgpack
+    assert resolve_model_id(str(tmp_path / "model")) == "openai/clip-vit-base-patch32"
+    assert download_model.weight_patterns(["pytorch_model.bin", "config.json"]) == ["pytorch_model.bin"]
+    with pytest.raises(SystemExit, match="no safetensors"):
+        download_model.weight_patterns(["tf_model.h5"])
