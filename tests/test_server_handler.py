@@ -252,3 +252,15 @@ def test_an_unexpected_bug_is_a_logged_500_without_details(settings, tiny_encode
     assert "secret" not in json.dumps(body)
     logged = json.loads(caplog.records[-1].getMessage())
     assert "RuntimeError: secret internal detail" in logged["traceback"]
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_image_tower_loads_lazily_unless_preloaded(settings, preload):
+    """The app builds its own encoder here (no fixture): text tower at init, vision on first use."""
+    app = App(Settings(**{**settings.__dict__, "preload_image_tower": preload, "threads": None}))
+    health = call(app, proxy_event(None, method="GET", path="/health"))[2]
+    assert health["towers"] == (["text", "vision"] if preload else ["text"])
+    status, _, body = search(app, query=base64.b64encode(make_image(2, size=(48, 64))).decode(), input_type="image", k=1)
+    assert status == 200 and body["results"][0]["id"] == "doc02"
+    assert call(app, proxy_event(None, method="GET", path="/health"))[2]["towers"] == ["text", "vision"]
+    assert app.settings.threads == 1  # TORCH_THREADS unset: one thread for a single query
