@@ -145,9 +145,12 @@ class LocalStack:
         else:
             out = self.log  # None: inherit our stdout
         self.started_at = time.monotonic()
+        # Own session (so stop() can signal the emulator and the runtime as one group); on Linux,
+        # the kernel also SIGTERMs the emulator if we die without stop() (kill -9 of a test run).
+        pdeathsig = _die_with_parent if threading.current_thread() is threading.main_thread() else None
         self.process = subprocess.Popen(self.command(), env=self.process_env(), cwd=REPO, stdout=out,
                                         stderr=subprocess.STDOUT if out is not None else None,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pdeathsig)
         self.invoker = Invoker(self.invoke_url, call_timeout_s=self.function_timeout_s + 30)
         self.gateway = Gateway((self.host, self._gateway_port), self.invoker, self.timeout_s)
         self._gateway_port = self.gateway.server_address[1]
@@ -214,6 +217,16 @@ class LocalStack:
             except psutil.Error:
                 continue
         return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (PR_SET_PDEATHSIG; Linux only).
+
+    The signal follows the *thread* that forked, hence only used from the main thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

@@ -286,3 +286,34 @@ def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, t
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_killing_the_owner_with_sigkill_leaves_no_emulator_behind(tmp_path, tiny_model_dir, tiny_encoder):
+    """stop() never runs after kill -9; the emulator still goes (PR_SET_PDEATHSIG), taking the runtime."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+    from conftest import REPO
+
+    build_index(tmp_path / "index", tiny_encoder, n=3)
+    script = (f"from server.local import LocalStack\n"
+              f"s = LocalStack(env={{'MODEL_PATH': {str(tiny_model_dir)!r}, 'INDEX_PATH': {str(tmp_path / 'index')!r}, "
+              f"'TORCH_THREADS': '1'}}, log={str(tmp_path / 'log')!r}).start()\n"
+              f"print(s.process.pid, s.runtime_process().pid, flush=True)\n"
+              f"import time; time.sleep(120)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        owner.kill()
+        owner.wait()
+        procs = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
+        gone, alive = psutil.wait_procs(procs, timeout=10)
+        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        if owner.poll() is None:
+            owner.kill()
