@@ -125,6 +125,9 @@ class Pipeline:
     def run(self, items: Iterable[Item]) -> dict[str, str]:
         """Ingest `items`; returns item key -> document id for everything written. Does not do
         the final `save()`: the source may delete documents first."""
+        if hasattr(items, "__len__"):  # known totals give the bars an ETA
+            for stage in ("read", "decode", "encode", "index"):
+                self.progress.bar(stage, total=len(items))
         self._executor_in_use = self._executor()
         try:
             self._loop(iter(items), self._executor_in_use)
