@@ -56,14 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("faiss", "opensearch"),
                    help="faiss: the embedded index (default, or BACKEND); opensearch: OPENSEARCH_URL / OPENSEARCH_INDEX")
     g.add_argument("--cache-dir", default="data/embeddings", metavar="DIR",
-                   help="embedding cache, one subdirectory per model (default: %(default)s)")
+                   help="embedding cache, one subdirectory per model, and the folder source's incremental "
+                        "state (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true",
                    help="do not read or write the embedding cache (a resumed run re-encodes what was not saved)")
     g = common.add_argument_group("pipeline")
     g.add_argument("--batch-size", type=_positive, help="images per forward pass (default: 32 on CPU, 256 on CUDA)")
     g.add_argument("--decode-workers", type=_non_negative,
-                   help="decode + preprocess worker processes; 0 = a thread in this process "
-                        "(default: 1 per 8 cores on CPU, cores - 1 up to 16 on CUDA)")
+                   help="decode + preprocess worker processes; 0 = in this process between batches "
+                        "(default: 0 on CPU, where the model uses every core; cores - 1 up to 16 on CUDA)")
     g.add_argument("--prefetch", type=_positive, help="images decoded ahead of the encoder (default: 4 batches)")
     g.add_argument("--threads", type=_positive, help="torch CPU threads (default: TORCH_THREADS or all cores)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -150,9 +151,11 @@ def _pipeline_options(args, settings: Settings, device: str):
     cpus = os.cpu_count() or 2
     workers = args.decode_workers
     if workers is None:
-        # On CPU the model needs every core and decoding is ~15x cheaper than encoding: one
-        # worker keeps up. On a GPU, decoding becomes the bottleneck: give it the cores.
-        workers = max(1, min(16, cpus - 1)) if cuda else max(1, cpus // 8)
+        # On CPU the model's threads already use every core: a decode worker beside them only
+        # preempts them (measured on 2 cores: 0.74-0.80 of model-only throughput with a worker
+        # process, ~1.0 decoding in between batches; bench/ingest_bench.py). On a GPU the CPU is
+        # free and decoding becomes the bottleneck: give it the cores.
+        workers = max(1, min(16, cpus - 1)) if cuda else 0
     return PipelineOptions(
         batch_size=args.batch_size or (256 if cuda else 32),
         decode_workers=workers,

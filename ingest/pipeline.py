@@ -1,8 +1,10 @@
 """The ingest pipeline: read -> decode + preprocess (workers, prefetch) -> encode (batched) -> write.
 
 Each stage is a small method; the runner (`Pipeline.run`) keeps up to `prefetch` images in the
-decode workers while the model encodes the previous batch, so on CPU the model (the slowest
-stage by far) never waits for pixels, and times every stage into the run's summary.
+decode worker processes while the model encodes the previous batch, so the model never waits
+for pixels, and times every stage into the run's summary. (On a CPU-only machine the model's
+threads already fill every core, so by default decoding runs in this process between batches:
+a worker beside them only preempts them. With a GPU the workers are what keeps it fed.)
 
 Resuming: every encoded batch goes to the embedding cache (fsynced) before the index, and the
 index is saved every `save_every` batches. A run killed at any point and started again finds
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
@@ -46,7 +49,7 @@ class Item:
 @dataclass
 class PipelineOptions:
     batch_size: int = 32
-    decode_workers: int = 1  # worker processes; 0 = one thread in this process
+    decode_workers: int = 0  # worker processes; 0 = decode in this process, between batches
     prefetch: int | None = None  # images read ahead of the encoder; default 4 batches
     chunk: int = 4  # images per worker task: fewer round trips through the pipe
     save_every: int = 10  # save the index every N written batches
@@ -93,6 +96,16 @@ def _worker_init(nice: int) -> None:
     # the encoder should win (a preempted OpenMP thread stalls the whole forward pass).
     if nice:
         os.nice(nice)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker blocks forever on its task queue if the main process is killed (kill -9): the
+    queue's pipe never reports EOF because the worker holds a copy of its write end. Watch the
+    parent instead and leave when it is gone (re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 class Pipeline:
@@ -282,6 +295,9 @@ class Pipeline:
         return ok
 
     def _warm_up(self) -> None:
+        if "vision" in getattr(self.encoder, "loaded_towers", ()):  # loaded by the caller already
+            self._model_ready = True
+            return
         cfg = self.encoder.preprocess_config
         self.encoder.encode_pixels(np.zeros((1, 3, cfg.crop_height, cfg.crop_width), dtype=np.float32))
         self._model_ready = True

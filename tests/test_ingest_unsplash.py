@@ -178,3 +178,27 @@ def test_kill_during_encode_then_resume(env, tmp_path, tiny_model_dir):
         assert summary["downloaded"] == 0  # every image was already on disk
         index = FaissIndex.load(tmp_path / "idx")
         assert index.count() == 24 and sorted(index.ids()) == sorted(ids)
+
+
+def test_archive_with_several_photo_files(tmp_path):
+    import zipfile
+
+    from ingest.sources.unsplash import read_photos
+    from unsplash_server import COLUMNS
+
+    def tsv(rows):
+        return "\n".join(["\t".join(COLUMNS)] + ["\t".join(r[c] for c in COLUMNS) for r in rows]) + "\n"
+
+    rows = [photo_row(f"id{i}", "https://images.example", i) for i in range(5)]
+    archive = tmp_path / "full.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("photos.tsv001", tsv(rows[3:] + rows[:1]))  # id0 again: one photo, once
+        zf.writestr("photos.tsv000", tsv(rows[:3]))
+        zf.writestr("keywords.tsv000", "photo_id\tkeyword\n")
+    failures: list = []
+    assert [p.id for p in read_photos(archive, 480, None, failures)] == ["id0", "id1", "id2", "id3", "id4"]
+    assert [p.id for p in read_photos(archive, 480, 4, failures)] == ["id0", "id1", "id2", "id3"]
+    assert failures == []
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(Exception, match="not a readable zip archive"):
+        read_photos(tmp_path / "bad.zip", 480, None, failures)
