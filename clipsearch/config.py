@@ -49,6 +49,18 @@ class Settings:
     opensearch_user: str | None = None
     opensearch_password: str | None = field(default=None, repr=False)
     aws_region: str | None = None
+    # OpenSearch index creation (ingest); the server reads what the index's mapping says.
+    opensearch_engine: str = "faiss"  # "faiss" | "lucene"
+    opensearch_m: int = 32
+    opensearch_ef_construction: int = 200
+    opensearch_ef_search: int = 128
+    opensearch_data_type: str = "float"  # "float" | "byte" (int8, quantised before upload)
+    opensearch_mode: str | None = None  # None | "in_memory" | "on_disk"
+    opensearch_compression: str | None = None  # e.g. "32x" with mode on_disk
+    opensearch_shards: int = 1
+    opensearch_replicas: int = 1
+    opensearch_timeout: int = 10  # seconds per request (bulk and force-merge get longer)
+    opensearch_force_merge: bool = False  # merge to one segment at the end of a load
     preload_image_tower: bool = False
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -82,6 +94,17 @@ class Settings:
             opensearch_user=get("OPENSEARCH_USER"),
             opensearch_password=get("OPENSEARCH_PASSWORD"),
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            opensearch_engine=get("OPENSEARCH_ENGINE", "faiss").lower(),
+            opensearch_m=_int(env, "OPENSEARCH_M", 32),
+            opensearch_ef_construction=_int(env, "OPENSEARCH_EF_CONSTRUCTION", 200),
+            opensearch_ef_search=_int(env, "OPENSEARCH_EF_SEARCH", 128),
+            opensearch_data_type=get("OPENSEARCH_DATA_TYPE", "float").lower(),
+            opensearch_mode=(get("OPENSEARCH_MODE") or "").lower() or None,
+            opensearch_compression=(get("OPENSEARCH_COMPRESSION") or "").lower() or None,
+            opensearch_shards=_int(env, "OPENSEARCH_SHARDS", 1),
+            opensearch_replicas=_int(env, "OPENSEARCH_REPLICAS", 1),
+            opensearch_timeout=_int(env, "OPENSEARCH_TIMEOUT", 10),
+            opensearch_force_merge=_bool(env, "OPENSEARCH_FORCE_MERGE", False),
             preload_image_tower=_bool(env, "PRELOAD_IMAGE_TOWER", False),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
