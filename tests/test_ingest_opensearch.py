@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import shutil
 
+import os
+
 import numpy as np
 import pytest
 
-pytest.importorskip("fake_opensearch", reason="the OpenSearch backend has not landed on this branch yet")
-
-from clipsearch.config import Settings  # noqa: E402
-from clipsearch.index import open_index  # noqa: E402
-from clipsearch.index.faiss_index import FaissIndex  # noqa: E402
-from ingest.cli import execute  # noqa: E402
-from unsplash_server import FakeUnsplash  # noqa: E402
+from clipsearch.config import Settings
+from clipsearch.index import open_index
+from clipsearch.index.faiss_index import FaissIndex
+from ingest.cli import execute
+from unsplash_server import FakeUnsplash
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_unsplash_into_faiss_then_opensearch_from_the_cache(env, fake_opensearch
         assert (again.encoded, again.indexed) == (0, 0) and again.skipped["already indexed"] == 5
 
     faiss = FaissIndex.load(tmp_path / "idx")
-    remote = open_index(Settings.from_env(dict(__import__("os").environ, BACKEND="opensearch")))
+    remote = open_index(Settings.from_env(dict(os.environ, BACKEND="opensearch")))
     assert sorted(remote.ids()) == sorted(faiss.ids())
     for doc_id in faiss.ids():
         a, b = faiss.get(doc_id), remote.get(doc_id)
