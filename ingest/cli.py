@@ -18,12 +18,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from ingest.decode import DecodeLimits
 from ingest.download import RetryPolicy
 from ingest.progress import Progress, Summary
+
+if TYPE_CHECKING:  # the pipeline imports the encoder; --help should not
+    from ingest.pipeline import Pipeline
 
 EXAMPLES = """examples:
   python -m ingest unsplash --limit 500            # a quick sample of Unsplash Lite
@@ -183,6 +187,7 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
 
     from clipsearch.index import open_index
     from ingest.cache import EmbeddingCache, NoCache
+    from ingest.pipeline import Pipeline
 
     t0 = time.perf_counter()
     encoder = _encoder(settings, args.device, args.precision)
@@ -194,11 +199,8 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     options = _pipeline_options(args, settings, encoder.device)
     try:
         with index.loading():
-            indexed = set(index.ids())
-            if args.source == "unsplash":
-                _unsplash(args, settings, encoder, index, cache, options, summary, progress, indexed)
-            else:
-                _folder(args, settings, encoder, index, cache, options, summary, progress, indexed)
+            pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=set(index.ids()))
+            (_unsplash if args.source == "unsplash" else _folder)(args, settings, pipeline)
         summary.index_count = index.count()
     finally:
         cache.close()
@@ -207,8 +209,7 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     return summary
 
 
-def _unsplash(args, settings, encoder, index, cache, options, summary, progress, indexed) -> None:
-    from ingest.pipeline import Pipeline
+def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:
     from ingest.sources import unsplash
 
     opts = unsplash.UnsplashOptions(
@@ -217,21 +218,20 @@ def _unsplash(args, settings, encoder, index, cache, options, summary, progress,
         max_image_bytes=args.max_bytes,
     )
     t0 = time.perf_counter()
-    items = unsplash.collect(opts, indexed, summary, progress)
-    summary.add_time("download", time.perf_counter() - t0)
-    pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=indexed)
+    items = unsplash.collect(opts, pipeline.indexed_ids, pipeline.summary, pipeline.progress)
+    pipeline.summary.add_time("download", time.perf_counter() - t0)
     pipeline.run(items)
     pipeline.save()
 
 
-def _folder(args, settings, encoder, index, cache, options, summary, progress, indexed) -> None:
-    from ingest.pipeline import Pipeline
+def _folder(args, settings: Settings, pipeline: Pipeline) -> None:
     from ingest.sources import folder
 
+    summary = pipeline.summary
     root = folder.resolve_root(args.path)
     state = folder.FolderState.for_index(Path(args.cache_dir) / "state", root, _index_location(settings))
     t0 = time.perf_counter()
-    fplan = folder.plan(root, state, indexed)
+    fplan = folder.plan(root, state, pipeline.indexed_ids)
     summary.add_time("scan", time.perf_counter() - t0)
     summary.found = len(fplan.stats)
     if fplan.unchanged:
@@ -240,11 +240,11 @@ def _folder(args, settings, encoder, index, cache, options, summary, progress, i
     def record(done: dict[str, str]) -> None:  # after each index save: the state never runs ahead
         state.save(folder.current_files(fplan, done))
 
-    pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=indexed, on_save=record)
+    pipeline.on_save = record
     done = pipeline.run(fplan.items)
     stale = folder.stale_ids(state, fplan, done)
     if stale:
-        summary.deleted = index.delete(sorted(stale))
+        summary.deleted = pipeline.index.delete(sorted(stale))
     pipeline.save()
 
 
