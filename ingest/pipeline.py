@@ -79,16 +79,28 @@ def _reread(path: Path) -> bytes:
 
 
 class _InlineExecutor(Executor):
-    """`decode_workers=0`: decode in this process when submitted, between batches. A decode
-    *thread* measured far worse on CPU (it fights the encoder's threads for the GIL and cores)."""
+    """`decode_workers=0`: decode in this process, when the runner asks for the result (so the
+    time lands in the decode stage, between batches). A decode *thread* measured far worse on
+    CPU: it fights the encoder's threads for the GIL and the cores."""
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool
-            future.set_exception(exc)
-        return future
+        return _DeferredFuture(fn, args, kwargs)
+
+
+class _DeferredFuture(Future):
+    def __init__(self, fn, args, kwargs):
+        super().__init__()
+        self._call = (fn, args, kwargs)
+
+    def result(self, timeout=None):
+        if self._call is not None:
+            fn, args, kwargs = self._call
+            self._call = None
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool
+                self.set_exception(exc)
+        return super().result(timeout)
 
 
 def _worker_init(nice: int) -> None:
