@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
+DEFAULT_API_URL = "http://localhost:8000/search"  # the local gateway of `make demo`
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -17,6 +18,14 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw) if raw.strip() else default
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
@@ -66,6 +75,11 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Browser origins the handler echoes in Access-Control-Allow-Origin; empty = no CORS headers.
     cors_allow_origins: tuple[str, ...] = ()
+    # Front-end (streamlit_app.py): where POST /search lives, its optional API key (x-api-key),
+    # and how long to keep retrying while a cold Lambda warms up.
+    api_url: str = DEFAULT_API_URL
+    api_key: str | None = field(default=None, repr=False)
+    api_retry_budget: float = 90.0
 
     @property
     def model_source(self) -> str:
@@ -109,4 +123,7 @@ class Settings:
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
             cors_allow_origins=tuple(o.strip() for o in env.get("CORS_ALLOW_ORIGINS", "").split(",") if o.strip()),
+            api_url=get("CLIPSEARCH_API_URL", DEFAULT_API_URL).strip(),
+            api_key=get("CLIPSEARCH_API_KEY"),
+            api_retry_budget=_float(env, "CLIPSEARCH_RETRY_BUDGET", 90.0),
         )

@@ -622,3 +622,24 @@ def test_the_server_path_stays_within_the_query_roles_permissions(fake):
         allowed = (r.method in ("GET", "HEAD") and re.match(r"^/clipsearch[^/]*(/|$)", path)) or (
             r.method == "POST" and re.match(r"^/clipsearch[^/]*/(_search|_count)$", path))
         assert allowed, (r.method, r.path)
+
+
+def test_the_ingest_path_stays_within_the_ingest_roles_permissions(fake):
+    """infra/template.yaml lets the ingest role do anything on `{alias}*`, plus POST `/_bulk` and
+    `/_aliases`: creating, loading, checkpointing, deleting and swapping must fit."""
+    import re
+
+    settings = Cluster(fake.url, fake, "clipsearch").settings(opensearch_force_merge=True)
+    loaded(settings, n=10)
+    b = open_ingest(settings, model_id="org/model-b", dim=8)
+    with b.loading():
+        b.upsert(docs(10, dim=8)[0])
+        b.ids()
+        b.get("p1")
+        b.delete(["p2"])
+        b.save()
+    assert b.count() == 9 and fake.aliases == {"clipsearch": {b.index}}
+    for r in fake.requests:
+        path = r.path.split("?")[0]
+        assert re.match(r"^/clipsearch[^/]*(/|$)", path) or (r.method == "POST" and path in ("/_bulk", "/_aliases")), \
+            (r.method, r.path)
