@@ -59,7 +59,7 @@ def test_metadata_leaves_missing_fields_out():
 
 # photo index -> behaviours, one per request (the last repeats)
 FAULTS = {2: ["404"], 3: ["500", "ok"], 4: ["slow", "ok"], 5: ["truncated", "ok"], 6: ["html"],
-          7: ["truncated"], 8: ["500", "503", "ok"]}
+          7: ["truncated"], 8: ["500", "503", "ok"], 9: ["429", "ok"]}
 FAILING = {2: "http_404", 6: "not_an_image", 7: ("connection", "truncated")}
 
 
@@ -69,7 +69,8 @@ def test_download_faults_then_idempotent_rerun(env, tmp_path):
         ids = server.add_photos(10, FAULTS)
         bad_id_line = "not a valid id!\thttps://x\t" + "\t" * 25
         extra_cols = "\t".join(["zz9"] + ["x"] * 40)
-        server.set_archive(ids, extra_lines=[bad_id_line, extra_cols])
+        refused = photo_row("refused1", "http://127.0.0.1:1", 0)  # nothing listens on port 1
+        server.set_archive(ids, extra_lines=[bad_id_line, extra_cols, "\t".join(refused.values())])
         summary = execute(args(server, tmp_path))
 
         good = [p for i, p in enumerate(ids) if i not in FAILING]
@@ -77,12 +78,14 @@ def test_download_faults_then_idempotent_rerun(env, tmp_path):
         for i, code in FAILING.items():
             assert failed[ids[i]].startswith(code), failed
         assert sum(r.startswith("malformed_row") for r in failed.values()) == 2
-        assert len(failed) == len(FAILING) + 2
-        assert (summary.found, summary.downloaded, summary.encoded, summary.indexed) == (10, 7, 7, 7)
+        assert failed["refused1"].startswith("connection") and "3 attempts" in failed["refused1"]
+        assert len(failed) == len(FAILING) + 3
+        assert (summary.found, summary.downloaded, summary.encoded, summary.indexed) == (11, 7, 7, 7)
         assert server.requests[f"/photos/{ids[8]}"] == 3  # two 5xx retried, then the image
         assert server.requests[f"/photos/{ids[4]}"] == 2  # timed out once, retried
         assert server.requests[f"/photos/{ids[7]}"] == 3  # truncated every time: 1 + 2 retries
         assert server.requests[f"/photos/{ids[2]}"] == 1  # a 404 is not retried
+        assert server.requests[f"/photos/{ids[9]}"] == 2  # 429, Retry-After honoured, then the image
         assert all(server.widths[p] == "480" for p in ids)
 
         images = tmp_path / "unsplash" / "images"
