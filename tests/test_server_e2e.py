@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import make_image
@@ -59,6 +61,18 @@ def test_emulator_direct_invocation_returns_the_proxy_shape(stack):
     out = json.loads(raw)
     assert status == 200 and out["statusCode"] == 200
     assert json.loads(out["body"])["count"] == 10
+
+
+def test_each_invocation_logs_one_json_line_with_the_lambda_request_id(stack):
+    http(stack.invoke_url, b'{"query": "log me", "input_type": "text"}')
+    time.sleep(0.3)
+    text = Path(stack.log).read_text()
+    ended = set(re.findall(r"END RequestId: ([0-9a-f-]{36})", text))  # the id the function saw
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith('{"request_id"')]
+    assert lines and all(line["request_id"] in ended for line in lines)
+    last = lines[-1]
+    assert last["status"] == 200 and last["input_type"] == "text" and set(last["took_ms"]) == {"encode", "search", "total"}
+    assert "log me" not in text
 
 
 def test_health_and_preflight_through_the_gateway(stack):
