@@ -36,9 +36,10 @@ class _Query(BaseModel):
     def _filters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if not value:
             return None
-        unknown = sorted(str(name) for name in value if name not in FILTERABLE)
+        unknown = sorted(str(name)[:40] for name in value if name not in FILTERABLE)
         if unknown:
-            raise ValueError(f"cannot filter on {', '.join(unknown)}: filterable fields are {', '.join(sorted(FILTERABLE))}")
+            named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise ValueError(f"cannot filter on {named}: filterable fields are {', '.join(sorted(FILTERABLE))}")
         try:
             parse_filters(value)
         except InvalidInput as exc:

@@ -140,6 +140,14 @@ def test_bad_input_gets_a_clear_4xx(app, quiet, name, event, status, code):
     assert headers["Content-Type"] == "application/json"
 
 
+def test_error_messages_stay_short_whatever_the_input(app, quiet):
+    many_filters = {f"field{i}": i for i in range(50_000)}
+    for event in (text(filters=many_filters), {**{f"x{i}": 1 for i in range(10_000)}, **text()},
+                  text(query="q" * 100_000), text(filters={"orientation": ["a" * 5000]})):
+        status, _, body = reply(app.handle(event, None))
+        assert status == 400 and len(body["error"]["message"]) < 600, body["error"]["message"][:200]
+
+
 def test_the_service_still_answers_after_the_table(app):
     status, _, body = reply(app.handle(text(k=2), None))
     assert status == 200 and body["count"] == 2
