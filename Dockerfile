@@ -35,10 +35,12 @@ RUN --mount=type=bind,source=.,target=/ctx \
 COPY clipsearch/ ${LAMBDA_TASK_ROOT}/clipsearch/
 COPY server/ ${LAMBDA_TASK_ROOT}/server/
 
+# Lambda's file system is read-only but for /tmp: any cache a library insists on goes there.
 ENV MODEL_PATH=/opt/model \
     MODEL_ID=${MODEL_ID} \
     INDEX_PATH=/opt/index \
     HF_HUB_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface \
     TOKENIZERS_PARALLELISM=false
 
 CMD ["server.handler.handler"]
