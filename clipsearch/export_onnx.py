@@ -18,6 +18,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -74,11 +75,34 @@ def _export(module, args: tuple, path: Path, inputs: list[str], output: str, axe
 
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape asserts frozen: fine
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript exporter"
+    # CLIP pools the end token's state with argmax indices, never negative.
+    warnings.filterwarnings("ignore", message="Exporting aten::index operator")
     # The TorchScript exporter: the dynamo exporter needs onnxscript, which we do not ship, and
     # CLIP's graph is static apart from the batch and sequence axes the tracer is told about.
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), dynamo=False, input_names=inputs, output_names=[output],
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+    externalize(path)
+
+
+def externalize(path: Path) -> None:
+    """Move the weights out of the protobuf into `<name>.data` beside it, readable by all.
+
+    ONNX Runtime memory-maps external weights instead of parsing them out of the protobuf and
+    copying them: for ViT-B/32's text tower, session creation drops from about 0.5 s to 0.16 s
+    and peak RSS from 400 MB to 210 MB. World-readable because Lambda runs the image as another
+    user than the one that built it.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    for f in (path, data):
+        if f.exists():
+            f.chmod(0o644)
 
 
 def quantize_text(src: Path, dest: Path) -> None:
@@ -90,7 +114,15 @@ def quantize_text(src: Path, dest: Path) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" hint is for static quant
 
     # MatMul only: quantising the token-embedding Gather saves memory but costs most accuracy.
-    quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        staged = Path(tmp) / dest.name
+        # Per-channel scales: on ViT-B/32's text tower, mean-centred cosine to fp32 0.996 against
+        # 0.994 per-tensor, at the same speed.
+        quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True)
+        dest.with_name(dest.name + ".data").unlink(missing_ok=True)
+        shutil.move(str(staged), str(dest))
+    externalize(dest)
 
 
 def export(
