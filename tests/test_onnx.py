@@ -336,3 +336,16 @@ def test_vit_b32_parity(tmp_path):
     print(f"int8 text: max abs diff {np.abs(q - fp32).max():.4f}, mean-centred cosine mean {centred.mean():.4f} "
           f"min {centred.min():.4f}")
     assert centred.mean() >= 0.98  # measured 0.996 (per-channel int8); 0.98 catches a regression
+
+
+# -- the ONNX image's dependencies -----------------------------------------------------------
+def test_onnx_requirements_are_the_runtime_without_torch():
+    from bench.depsize import closure, requirement_names
+
+    torch_side = set(requirement_names(REPO / "requirements.txt"))
+    onnx_side = set(requirement_names(REPO / "requirements-onnx.txt"))
+    assert {"torch", "transformers", "safetensors"} <= torch_side
+    assert onnx_side == (torch_side - {"torch", "transformers", "safetensors"}) | {"onnxruntime"}
+    # Nothing pulls torch or transformers back in transitively (as installed here).
+    assert not {"torch", "transformers"} & set(closure(REPO / "requirements-onnx.txt"))
+    assert "torch" in closure(REPO / "requirements.txt")

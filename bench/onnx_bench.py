@@ -1,0 +1,266 @@
+"""ONNX Runtime against torch for the query path (issue 6), measured in one run.
+
+    python -m bench.onnx_bench [--quick] [--threads N]
+
+ViT-B/32 architecture, random weights (cost does not depend on the weights' values), exported to
+ONNX once and cached; a 25k-vector embedded (FAISS) index. For each variant, fresh processes run
+what the Lambda's init and first request do (settings, encoder, index, model check, encode,
+search), timed from process start to the first text answer; then warm queries and the process's
+peak RSS. Also: import and session-creation times, a 10-token text encode for torch, ONNX fp32
+and ONNX int8 in one process, int8's accuracy cost, and the installed size of each variant's
+dependencies plus model files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import CACHE, clustered_vectors, pct, timed, vit_b32_dir, write_results
+from bench.depsize import dir_mb, installed_mb
+
+REPO = Path(__file__).resolve().parent.parent
+QUERY = "a photo of two dogs on the beach"  # 10 tokens with start and end
+QUERIES = [QUERY, "a red car", "snow covered mountains", "a cup of coffee on a wooden table",
+           "portrait of a woman in the city at night", "green trees near the river", "old house"]
+TARGETS = {"cold_start_s": 1.0, "cold_speedup": 4.0, "warm_p50_ms": 12.0, "peak_rss_mb": 300.0}
+
+# What the handler does at init and on its first text request, without the HTTP around it.
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from clipsearch.config import Settings
+from clipsearch.encoder import load_encoder
+from clipsearch.index import check_model, open_index
+t_import = time.perf_counter()
+settings = Settings.from_env()
+encoder = load_encoder(settings)
+index = open_index(settings)
+check_model(index, encoder.model_id, encoder.dim)
+t_init = time.perf_counter()
+hits = index.search(encoder.encode_text(sys.argv[1])[0], k=10)
+t_first = time.perf_counter()
+print(json.dumps({"event": "first", "hits": len(hits)}), flush=True)
+queries, ms = json.loads(sys.argv[2]), []
+for i in range(int(sys.argv[3])):
+    a = time.perf_counter()
+    index.search(encoder.encode_text(queries[i % len(queries)])[0], k=10)
+    ms.append((time.perf_counter() - a) * 1000)
+print(json.dumps({"event": "done", "import_s": t_import - t0, "init_s": t_init - t_import,
+                  "first_query_s": t_first - t_init, "warm_ms": ms, "towers": list(encoder.loaded_towers),
+                  "heavy_modules": sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers"}),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+"""
+
+
+def prepare(source: Path) -> tuple[Path, Path]:
+    """The cached ONNX export (fp32 + int8 text) and the 25k-vector index of the source's model."""
+    from clipsearch.encoder import resolve_model_id
+    from clipsearch.export_onnx import MANIFEST, export
+    from clipsearch.index import Document
+    from clipsearch.index.faiss_index import FaissIndex
+
+    onnx_dir = CACHE / "onnx-vit-b-32"
+    manifest = onnx_dir / MANIFEST
+    if not manifest.is_file() or not json.loads(manifest.read_text()).get("quantization"):
+        print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
+        export(str(source), onnx_dir, int8_text=True)
+    index_dir = CACHE / "onnx-bench-index-25k"
+    model_id = resolve_model_id(str(source))
+    if not (index_dir / "manifest.json").is_file():
+        vectors = clustered_vectors(25_000)
+        index = FaissIndex.open(index_dir, model_id=model_id, dim=512)
+        with index.loading():
+            index.upsert(Document(f"p{i:05d}", v, {"photographer": f"ph{i % 300}", "width": 640, "height": 480})
+                         for i, v in enumerate(vectors))
+            index.save()
+    return onnx_dir, index_dir
+
+
+def variant_env(name: str, source: Path, onnx_dir: Path, index_dir: Path, threads: int | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ENCODER", "ONNX_PATH", "MODEL_ID", "MODEL_PATH",
+                                                            "ONNX_TEXT_INT8", "TORCH_THREADS")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO), BACKEND="faiss",
+               INDEX_PATH=str(index_dir), MODEL_PATH=str(source))
+    if threads:
+        env["TORCH_THREADS"] = str(threads)
+    if name.startswith("onnx"):
+        env.update(ENCODER="onnx", ONNX_PATH=str(onnx_dir), ONNX_TEXT_INT8="true" if name == "onnx_int8" else "false")
+    else:
+        env["ENCODER"] = "torch"
+    return env
+
+
+def cold_start(env: dict[str, str], warm: int) -> dict:
+    """One fresh process: seconds from spawn to its first text answer, then its warm figures."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, QUERY, json.dumps(QUERIES), str(warm)], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    cold = time.perf_counter() - t0
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode or not first.startswith('{"event": "first"'):
+        raise RuntimeError(f"query process failed (exit {proc.returncode}): {err[-2000:]}")
+    return {"cold_s": cold, **json.loads(out.strip().splitlines()[-1])}
+
+
+def bench_processes(variants: dict[str, dict], rounds: int, warm: int) -> dict:
+    """Cold starts interleaved across variants (so machine noise hits all alike), medians."""
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, env in variants.items():
+            runs[name].append(cold_start(env, warm))
+            print(f"  round {r + 1}/{rounds} {name}: cold {runs[name][-1]['cold_s']:.2f} s", flush=True)
+    out = {}
+    for name, rs in runs.items():
+        med = lambda key: round(float(np.median([x[key] for x in rs])), 3)  # noqa: E731
+        out[name] = {"cold_start_s": med("cold_s"), "import_s": med("import_s"), "init_s": med("init_s"),
+                     "first_query_s": med("first_query_s"), "peak_rss_mb": round(max(x["peak_rss_mb"] for x in rs)),
+                     "warm_encode_search": pct(np.concatenate([x["warm_ms"][3:] for x in rs])),
+                     "towers": rs[0]["towers"], "imports_torch": bool(rs[0]["heavy_modules"]),
+                     "cold_runs_s": [round(x["cold_s"], 3) for x in rs]}
+    return out
+
+
+def _subprocess_seconds(code: str, n: int) -> float:
+    times = []
+    for _ in range(n):
+        out = subprocess.run([sys.executable, "-c", f"import time; t=time.perf_counter(); {code}; "
+                              "print(time.perf_counter()-t)"], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        times.append(float(out.stdout.strip().splitlines()[-1]))
+    return round(float(np.median(times)), 3)
+
+
+def bench_in_process(source: Path, onnx_dir: Path, threads: list[int], repeat: int, n_imports: int) -> dict:
+    """Imports, session creation and one 10-token text encode: torch, ONNX fp32, ONNX int8."""
+    import torch
+
+    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.encoder_onnx import OnnxClipEncoder
+
+    out: dict = {"import_s": {
+        "onnxruntime+tokenizers": _subprocess_seconds("import onnxruntime, tokenizers", n_imports),
+        "torch+transformers": _subprocess_seconds("import torch, transformers; from transformers import "
+                                                  "CLIPTextModelWithProjection", n_imports)}}
+    sessions = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        OnnxClipEncoder(onnx_dir, threads=threads[0])
+        sessions.append(time.perf_counter() - t0)
+    out["onnx_text_session_s"] = round(float(np.median(sessions)), 3)
+    t0 = time.perf_counter()
+    TorchClipEncoder(str(source), threads=threads[0])
+    out["torch_text_load_s_after_import"] = round(time.perf_counter() - t0, 3)
+    out["encode_10_tokens"] = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        encoders = {"torch": TorchClipEncoder(str(source), threads=n), "onnx_fp32": OnnxClipEncoder(onnx_dir, threads=n),
+                    "onnx_int8": OnnxClipEncoder(onnx_dir, threads=n, text_int8=True)}
+        assert encoders["onnx_fp32"].tokenize([QUERY])[0].shape[1] == 10
+        ms: dict[str, list[np.ndarray]] = {k: [] for k in encoders}
+        for _ in range(3):  # interleaved blocks: noise from other processes spreads over all three
+            for name, enc in encoders.items():
+                ms[name].append(timed(lambda: enc.encode_text(QUERY), repeat // 3, warmup=3))
+        fig = {name: pct(np.concatenate(v)) for name, v in ms.items()}
+        fig["speedup_fp32_vs_torch"] = round(fig["torch"]["p50_ms"] / fig["onnx_fp32"]["p50_ms"], 2)
+        out["encode_10_tokens"][f"threads_{n}"] = fig
+    return out
+
+
+def accuracy(source: Path, onnx_dir: Path, index_dir: Path) -> dict:
+    """ONNX fp32 against torch, and int8 against fp32: max abs diff, mean-centred cosine, top-10."""
+    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.encoder_onnx import OnnxClipEncoder
+    from clipsearch.index.faiss_index import FaissIndex
+
+    words = "dogs cats beach mountains city street car flowers bird river bridge portrait food".split()
+    texts = QUERIES + [f"a photo of {a} and {b}" for a in words for b in words[:4]]
+    vecs = {"torch": TorchClipEncoder(str(source), threads=2).encode_text(texts),
+            "onnx_fp32": OnnxClipEncoder(onnx_dir, threads=2).encode_text(texts),
+            "onnx_int8": OnnxClipEncoder(onnx_dir, threads=2, text_int8=True).encode_text(texts)}
+    index = FaissIndex.load(index_dir)
+
+    def compare(a: np.ndarray, b: np.ndarray) -> dict:
+        mean = a.mean(0)
+        ca, cb = a - mean, b - mean
+        centred = (ca * cb).sum(1) / (np.linalg.norm(ca, axis=1) * np.linalg.norm(cb, axis=1))
+        overlap = [len({h.id for h in index.search(x, k=10)} & {h.id for h in index.search(y, k=10)}) / 10
+                   for x, y in zip(a[:40], b[:40])]
+        return {"max_abs_diff": round(float(np.abs(a - b).max()), 6), "cosine_min": round(float((a * b).sum(1).min()), 6),
+                "mean_centred_cosine_mean": round(float(centred.mean()), 4),
+                "mean_centred_cosine_min": round(float(centred.min()), 4),
+                "top10_overlap_on_index": round(float(np.mean(overlap)), 3)}
+
+    return {"texts": len(texts), "onnx_fp32_vs_torch": compare(vecs["torch"], vecs["onnx_fp32"]),
+            "onnx_int8_vs_onnx_fp32": compare(vecs["onnx_fp32"], vecs["onnx_int8"]),
+            "note": "random weights: vectors of different texts are nearly identical, so read the mean-centred "
+                    "cosine and the top-10 overlap, not the plain cosine; the index holds synthetic vectors"}
+
+
+def sizes(source: Path, onnx_dir: Path) -> dict:
+    torch_deps, torch_top = installed_mb(REPO / "requirements.txt")
+    onnx_deps, onnx_top = installed_mb(REPO / "requirements-onnx.txt")
+    torch_model = dir_mb(source)
+    onnx_model = dir_mb(onnx_dir, exclude=("text.int8",))
+    onnx_int8 = dir_mb(onnx_dir, exclude=("text.onnx",))
+    top = lambda d: {k: round(v, 1) for k, v in list(d.items())[:6]}  # noqa: E731
+    return {"torch": {"dependencies_mb": round(torch_deps), "model_mb": round(torch_model),
+                      "total_mb": round(torch_deps + torch_model), "largest": top(torch_top)},
+            "onnx": {"dependencies_mb": round(onnx_deps), "model_mb": round(onnx_model),
+                     "total_mb": round(onnx_deps + onnx_model), "model_int8_text_mb": round(onnx_int8),
+                     "largest": top(onnx_top)},
+            "note": "site-packages of each requirements file's closure (this venv's versions) + model files; "
+                    "the torch model is the full safetensors checkpoint, the ONNX one both towers fp32"}
+
+
+def verdict(proc: dict) -> dict:
+    onnx, torch_ = proc["onnx_fp32"], proc["torch"]
+    speedup = torch_["cold_start_s"] / onnx["cold_start_s"]
+    checks = {
+        "cold_start_s<=1.0": onnx["cold_start_s"] <= TARGETS["cold_start_s"],
+        "cold_speedup>=4x": speedup >= TARGETS["cold_speedup"],
+        "warm_p50_ms<=12": onnx["warm_encode_search"]["p50_ms"] <= TARGETS["warm_p50_ms"],
+        "peak_rss_mb<=300": onnx["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
+        "no_torch_imported": not onnx["imports_torch"],
+    }
+    return {"cold_speedup": round(speedup, 2), "checks": checks, "all_met": all(checks.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cold starts and repeats")
+    ap.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for the query processes (0: all cores)")
+    args = ap.parse_args(argv)
+    rounds, warm, repeat, n_imports = (3, 60, 90, 3) if args.quick else (7, 200, 300, 5)
+    source = vit_b32_dir()
+    onnx_dir, index_dir = prepare(source)
+    threads = args.threads or None
+    variants = {name: variant_env(name, source, onnx_dir, index_dir, threads)
+                for name in ("torch", "onnx_fp32", "onnx_int8")}
+    print("cold starts (process start -> first text answer), then warm queries ...", flush=True)
+    proc = bench_processes(variants, rounds, warm)
+    figures = {
+        "model": "ViT-B/32 architecture, random weights", "index": "faiss, 25,000 x 512 (exact search)",
+        "mode": "in-process: a fresh Python process runs the handler's init + first query (no emulator)",
+        "threads": threads or "all cores", "rounds": rounds,
+        "processes": proc, "verdict": verdict(proc),
+        "in_process": bench_in_process(source, onnx_dir, [1, 2], repeat, n_imports),
+        "accuracy": accuracy(source, onnx_dir, index_dir),
+        "installed_size": sizes(source, onnx_dir),
+        "targets": TARGETS,
+    }
+    print(json.dumps(figures, indent=2))
+    write_results("onnx", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
