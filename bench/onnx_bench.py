@@ -14,6 +14,7 @@ dependencies plus model files.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -114,16 +115,16 @@ def cold_start(env: dict[str, str], warm: int) -> dict:
     return {"cold_s": cold, **json.loads(out.strip().splitlines()[-1])}
 
 
-def bench_processes(variants: dict[str, dict], rounds: int, warm: int) -> dict:
+def bench_processes(variants: dict[str, dict], rounds: int, warm: int, measure=cold_start) -> dict:
     """Cold starts interleaved across variants (so machine noise hits all alike), medians."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(rounds):
         for name, env in variants.items():
-            runs[name].append(cold_start(env, warm))
+            runs[name].append(measure(env, warm))
             print(f"  round {r + 1}/{rounds} {name}: cold {runs[name][-1]['cold_s']:.2f} s", flush=True)
     out = {}
     for name, rs in runs.items():
-        med = lambda key: round(float(np.median([x[key] for x in rs])), 3)  # noqa: E731
+        med = lambda key: round(float(np.nanmedian([x[key] for x in rs])), 3)  # noqa: E731
         out[name] = {"cold_start_s": med("cold_s"), "import_s": med("import_s"), "init_s": med("init_s"),
                      "first_query_s": med("first_query_s"), "peak_rss_mb": round(max(x["peak_rss_mb"] for x in rs)),
                      "warm_encode_search": pct(np.concatenate([x["warm_ms"][3:] for x in rs])),
@@ -131,6 +132,55 @@ def bench_processes(variants: dict[str, dict], rounds: int, warm: int) -> dict:
                      "towers": rs[0]["towers"], "imports_torch": bool(rs[0]["heavy_modules"]),
                      "cold_runs_s": [round(x["cold_s"], 3) for x in rs]}
     return out
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """A live process's peak RSS (VmHWM), read from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def stack_cold_start(env: dict[str, str], warm: int) -> dict:
+    """Through the emulator: start the local stack, POST /search until the first text answer."""
+    import requests
+
+    from server.local import LocalStack
+
+    body = {"query": QUERY, "input_type": "text", "k": 10}
+    stack = LocalStack(env=env, log=os.devnull)
+    t0 = time.perf_counter()
+    stack.start(wait=False)
+    try:
+        with requests.Session() as http:
+            while True:
+                try:
+                    r = http.post(stack.search_url, json=body, timeout=60)
+                except requests.ConnectionError:
+                    r = None
+                if r is not None and r.status_code == 200:
+                    break
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError(f"no answer from the local stack: {r.status_code if r else 'refused'} "
+                                       f"{r.text[:500] if r else ''}")
+                time.sleep(0.01)
+            cold = time.perf_counter() - t0
+            ms = []
+            for i in range(warm):
+                a = time.perf_counter()
+                r = http.post(stack.search_url, json={**body, "query": QUERIES[i % len(QUERIES)]}, timeout=60)
+                ms.append((time.perf_counter() - a) * 1000)
+                r.raise_for_status()
+            took = r.json().get("took_ms", {})
+        runtime = stack.runtime_process()
+        maps = "".join(m.path for m in runtime.memory_maps())
+        return {"cold_s": cold, "warm_ms": ms, "encode_ms": [took.get("encode", float("nan"))],
+                "peak_rss_mb": _vm_hwm_mb(runtime.pid), "towers": ["text"],
+                "heavy_modules": ["torch"] if "libtorch" in maps else [],
+                "import_s": float("nan"), "init_s": float("nan"), "first_query_s": float("nan")}
+    finally:
+        stack.stop()
 
 
 def _subprocess_seconds(code: str, n: int) -> float:
@@ -241,6 +291,7 @@ def verdict(proc: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer cold starts and repeats")
+    ap.add_argument("--in-process", action="store_true", help="fresh processes without the emulator")
     ap.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for the query processes (0: all cores)")
     args = ap.parse_args(argv)
     rounds, warm, repeat, n_imports = (3, 60, 90, 3) if args.quick else (7, 200, 300, 5)
@@ -249,11 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or None
     variants = {name: variant_env(name, source, onnx_dir, index_dir, threads)
                 for name in ("torch", "onnx_fp32", "onnx_int8")}
-    print("cold starts (process start -> first text answer), then warm queries ...", flush=True)
-    proc = bench_processes(variants, rounds, warm)
+    use_stack = not args.in_process and importlib.util.find_spec("server.local") is not None
+    where = "through the emulator" if use_stack else "in fresh processes"
+    print(f"cold starts (process start -> first text answer) {where}, then warm queries ...", flush=True)
+    proc = bench_processes(variants, rounds, warm, stack_cold_start if use_stack else cold_start)
     figures = {
         "model": "ViT-B/32 architecture, random weights", "index": "faiss, 25,000 x 512 (exact search)",
-        "mode": "in-process: a fresh Python process runs the handler's init + first query (no emulator)",
+        "mode": ("emulator: server.local.LocalStack (Lambda RIE + awslambdaric + handler + gateway), timed from "
+                 "starting it to the first 200 on POST /search; warm = HTTP round trips" if use_stack else
+                 "in-process: a fresh Python process runs the handler's init + first query (no emulator)"),
         "threads": threads or "all cores", "rounds": rounds,
         "processes": proc, "verdict": verdict(proc),
         "in_process": bench_in_process(source, onnx_dir, [1, 2], repeat, n_imports),
