@@ -288,6 +288,13 @@ def verdict(proc: dict) -> dict:
     return {"cold_speedup": round(speedup, 2), "checks": checks, "all_met": all(checks.values())}
 
 
+def _has_local_stack() -> bool:
+    try:
+        return importlib.util.find_spec("server.local") is not None
+    except ModuleNotFoundError:  # no server package on this checkout
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer cold starts and repeats")
@@ -300,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or None
     variants = {name: variant_env(name, source, onnx_dir, index_dir, threads)
                 for name in ("torch", "onnx_fp32", "onnx_int8")}
-    use_stack = not args.in_process and importlib.util.find_spec("server.local") is not None
+    use_stack = not args.in_process and _has_local_stack()
     where = "through the emulator" if use_stack else "in fresh processes"
     print(f"cold starts (process start -> first text answer) {where}, then warm queries ...", flush=True)
     proc = bench_processes(variants, rounds, warm, stack_cold_start if use_stack else cold_start)
