@@ -349,3 +349,75 @@ def test_onnx_requirements_are_the_runtime_without_torch():
     # Nothing pulls torch or transformers back in transitively (as installed here).
     assert not {"torch", "transformers"} & set(closure(REPO / "requirements-onnx.txt"))
     assert "torch" in closure(REPO / "requirements.txt")
+
+
+# -- the server with ENCODER=onnx ------------------------------------------------------------
+HANDLER_SCRIPT = """
+import json, sys
+import server.handler as h
+event = {"httpMethod": "POST", "path": "/search", "headers": {"content-type": "application/json"},
+         "body": json.dumps({"query": "two dogs", "input_type": "text", "k": 3}), "isBase64Encoded": False}
+reply = h.handler(event, None)
+print(json.dumps({"status": reply["statusCode"], "body": json.loads(reply["body"]),
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))}))
+"""
+
+
+@pytest.fixture(scope="session")
+def torch_built_index(tiny_encoder, tmp_path_factory) -> Path:
+    """An embedded index ingested with the torch encoder, as the deployment's ingest job does."""
+    path = tmp_path_factory.mktemp("index")
+    index = FaissIndex.open(path, model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
+    index.upsert(Document(f"img{i}", v, {"width": 64, "height": 48, "description": f"image {i}"})
+                 for i, v in enumerate(tiny_encoder.encode_images(images(40))))
+    index.save()
+    return path
+
+
+def test_handler_imports_and_answers_with_onnx_without_torch(onnx_dir, torch_built_index, tiny_encoder):
+    pytest.importorskip("server.handler", reason="the server lands on another branch")
+    env = dict(os.environ, ENCODER="onnx", ONNX_PATH=str(onnx_dir), INDEX_PATH=str(torch_built_index),
+               BACKEND="faiss", TORCH_THREADS="1", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", HANDLER_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["status"] == 200, report["body"]
+    expected = [h.id for h in FaissIndex.load(torch_built_index).search(tiny_encoder.encode_text("two dogs")[0], k=3)]
+    assert [r["id"] for r in report["body"]["results"]] == expected
+    assert report["heavy"] == []
+
+
+@pytest.mark.e2e
+def test_emulator_end_to_end_with_the_onnx_encoder(onnx_dir, torch_built_index, tiny_encoder, tmp_path):
+    pytest.importorskip("server.local", reason="the server lands on another branch")
+    import base64
+
+    import requests
+
+    from clipsearch.images import decode_image
+    from server.local import LocalStack
+
+    index = FaissIndex.load(torch_built_index)
+    env = {"ENCODER": "onnx", "ONNX_PATH": str(onnx_dir), "INDEX_PATH": str(torch_built_index), "BACKEND": "faiss",
+           "TORCH_THREADS": "1"}
+    with LocalStack(env=env, log=tmp_path / "stack.log") as stack:
+        assert stack.ready_status == 200, (tmp_path / "stack.log").read_text()[-3000:]
+        for text in ["two dogs", "a red car on the street at night", "Ünïcödé 🐕"]:
+            r = requests.post(stack.search_url, json={"query": text, "input_type": "text", "k": 5}, timeout=60)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == "clipsearch/tiny-test"
+            expected = [h.id for h in index.search(tiny_encoder.encode_text(text)[0], k=5)]
+            assert [x["id"] for x in body["results"]] == expected
+        data = make_image(4242, size=(90, 70))
+        r = requests.post(stack.search_url, timeout=60, json={
+            "query": base64.b64encode(data).decode(), "input_type": "image", "k": 5})
+        assert r.status_code == 200, r.text
+        expected = [h.id for h in index.search(tiny_encoder.encode_images([decode_image(data)])[0], k=5)]
+        assert [x["id"] for x in r.json()["results"]] == expected
+        r = requests.post(stack.search_url, json={"query": "not base64 !!", "input_type": "image"}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["message"]
+        runtime = stack.runtime_process()
+        assert runtime is not None
+        assert not any("libtorch" in m.path for m in runtime.memory_maps())  # no torch in the Lambda process
