@@ -36,38 +36,37 @@ AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json
              "merges.txt", "preprocessor_config.json")
 
 
-class _Tower:
-    """One tower as a module returning the projected embeddings (what the encoder normalises)."""
+def load_tower(source: str, which: str):
+    """One tower as a module returning the projected embeddings (what the encoder normalises),
+    and the tower's config."""
+    import torch
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    @staticmethod
-    def load(source: str, which: str):
-        import torch
-        from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    from clipsearch.encoder import _quiet_transformers
 
-        from clipsearch.encoder import _quiet_transformers
+    _quiet_transformers()
+    cls = CLIPTextModelWithProjection if which == "text" else CLIPVisionModelWithProjection
+    # Eager attention traces to plain MatMul/Softmax ops. (SDPA also traces correctly with torch
+    # 2.13, checked on padded batches, but its graph follows each torch version's decomposition.)
+    model = cls.from_pretrained(source, attn_implementation="eager").eval()
 
-        _quiet_transformers()
-        cls = CLIPTextModelWithProjection if which == "text" else CLIPVisionModelWithProjection
-        # Eager attention: the SDPA path adds masking branches the tracer would freeze to one shape.
-        model = cls.from_pretrained(source, attn_implementation="eager").eval()
+    class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Text(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
 
-            def forward(self, input_ids, attention_mask):
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+    class Vision(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Vision(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).image_embeds
 
-            def forward(self, pixel_values):
-                return self.model(pixel_values=pixel_values).image_embeds
-
-        return (Text() if which == "text" else Vision()).eval(), model.config
+    return (Text() if which == "text" else Vision()).eval(), model.config
 
 
 def _export(module, args: tuple, path: Path, inputs: list[str], output: str, axes: dict, opset: int) -> None:
@@ -147,7 +146,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"model_id": resolve_model_id(source, model_id)}
     if "text" in towers:
-        text, text_cfg = _Tower.load(source, "text")
+        text, text_cfg = load_tower(source, "text")
         ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]], dtype=torch.long)
         ids = ids.clamp(max=int(text_cfg.vocab_size) - 1)
         mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)
@@ -160,7 +159,7 @@ def export(
                         max_text_tokens=min(MAX_TEXT_TOKENS, int(text_cfg.max_position_embeddings)))
         del text  # the two towers need not sit in memory together
     if "vision" in towers:
-        vision, vision_cfg = _Tower.load(source, "vision")
+        vision, vision_cfg = load_tower(source, "vision")
         size = int(vision_cfg.image_size)
         pixels = torch.zeros((1, 3, size, size), dtype=torch.float32)
         _export(vision, (pixels,), out / TOWER_FILES["vision"], ["pixel_values"], "image_embeds",
