@@ -64,3 +64,10 @@ class IndexMissing(ClipsearchError):
     """No index at the configured location."""
 
     code = "index_missing"
+
+
+class IngestError(ClipsearchError):
+    """A whole ingest run cannot go on (source unreachable, folder missing, cache in use).
+    Single bad items are never this: they are skipped and reported."""
+
+    code = "ingest_failed"

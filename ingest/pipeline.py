@@ -1,0 +1,335 @@
+"""The ingest pipeline: read -> decode + preprocess (workers, prefetch) -> encode (batched) -> write.
+
+Each stage is a small method; the runner (`Pipeline.run`) keeps up to `prefetch` images in the
+decode workers while the model encodes the previous batch, so on CPU the model (the slowest
+stage by far) never waits for pixels, and times every stage into the run's summary.
+
+Resuming: every encoded batch goes to the embedding cache (fsynced) before the index, and the
+index is saved every `save_every` batches. A run killed at any point and started again finds
+each image either in the index (skipped by the source), in the cache (written without
+encoding), or nowhere (encoded again); documents are upserted by id, so none is ever doubled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from clipsearch.encoder import Encoder
+from clipsearch.errors import ImageTooLarge
+from clipsearch.index import Document, VectorIndex
+from clipsearch.schema import orientation
+from ingest.cache import EmbeddingCache, NoCache
+from ingest.decode import Decoded, DecodeLimits, decode_chunk, normalize_batch
+from ingest.progress import Progress, Summary
+
+
+@dataclass
+class Item:
+    """One image to ingest. `doc_id` None means content-addressed: the id is the sha256 of the
+    file's bytes, and width/height/orientation/content_hash come from the file itself."""
+
+    key: str  # what reports name: a file path or a photo id
+    path: Path
+    doc_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineOptions:
+    batch_size: int = 32
+    decode_workers: int = 1  # worker processes; 0 = one thread in this process
+    prefetch: int | None = None  # images read ahead of the encoder; default 4 batches
+    chunk: int = 4  # images per worker task: fewer round trips through the pipe
+    save_every: int = 10  # save the index every N written batches
+    limits: DecodeLimits = DecodeLimits(max_bytes=50 * 1024 * 1024, max_pixels=40_000_000)
+    worker_nice: int = 10  # decode workers' niceness: below the encoder
+    batch_delay: float = 0.0  # tests only: sleep after each encoded batch, to be killed mid-run
+
+    @property
+    def window(self) -> int:
+        return max(self.prefetch or 4 * self.batch_size, self.chunk)
+
+
+@dataclass
+class _Entry:
+    item: Item
+    doc_id: str
+    data: bytes | None = None
+    size: tuple[int, int] | None = None
+    suspect: bool = False  # was in a chunk whose worker died
+
+
+def _reread(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""  # gone since it was read: decoding reports it as empty
+
+
+class _InlineExecutor(Executor):
+    """`decode_workers=0`: decode in this process when submitted, between batches. A decode
+    *thread* measured far worse on CPU (it fights the encoder's threads for the GIL and cores)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool
+            future.set_exception(exc)
+        return future
+
+
+def _worker_init(nice: int) -> None:
+    # Decoding is background work: when it competes with the encoder's threads for the cores,
+    # the encoder should win (a preempted OpenMP thread stalls the whole forward pass).
+    if nice:
+        os.nice(nice)
+
+
+class Pipeline:
+    """Runs items through the stages into `index`. Build once per run; `run` may be called once."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: VectorIndex,
+        cache: EmbeddingCache | NoCache,
+        options: PipelineOptions,
+        summary: Summary,
+        progress: Progress | None = None,
+        *,
+        indexed_ids: set[str] | None = None,
+        on_save: Callable[[dict[str, str]], None] | None = None,
+    ):
+        self.encoder, self.index, self.cache, self.opts = encoder, index, cache, options
+        self.summary, self.progress = summary, progress or Progress(False)
+        self.indexed_ids = indexed_ids if indexed_ids is not None else set()
+        self.on_save = on_save
+        self.done: dict[str, str] = {}  # item key -> document id, for what has been written
+        self._seen: set[str] = set()
+        self._ready: list[tuple[str, Document]] = []
+        self._batches_written = self._saved_at = 0
+        self._model_ready = False
+        self.decode_fn = decode_chunk  # the decode stage's task (module-level: it runs in workers)
+
+    # -- the runner ------------------------------------------------------------------------
+    def run(self, items: Iterable[Item]) -> dict[str, str]:
+        """Ingest `items`; returns item key -> document id for everything written. Does not do
+        the final `save()`: the source may delete documents first."""
+        self._executor_in_use = self._executor()
+        try:
+            self._loop(iter(items), self._executor_in_use)
+        finally:
+            self._executor_in_use.shutdown(wait=True, cancel_futures=True)
+        self._timed("write", self._write)
+        return self.done
+
+    def _loop(self, items, executor: Executor) -> None:
+        window: deque[tuple[list[_Entry], Future]] = deque()
+        in_flight, chunk, decoded = 0, [], []
+        exhausted = False
+        bs = self.opts.batch_size
+        while True:
+            t0 = time.perf_counter()
+            while not exhausted and in_flight + len(chunk) < self.opts.window:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                entry = self.read(item)
+                if entry is not None:
+                    chunk.append(entry)
+                    if len(chunk) >= self.opts.chunk:
+                        window.append(self._submit(executor, chunk))
+                        in_flight, chunk = in_flight + len(chunk), []
+            if chunk:
+                window.append(self._submit(executor, chunk))
+                in_flight, chunk = in_flight + len(chunk), []
+            self.summary.add_time("read", time.perf_counter() - t0)
+            if len(self._ready) >= bs:
+                self._timed("write", self._write)
+                self._maybe_save()
+            if not window:
+                break
+            entries, future = window.popleft()
+            in_flight -= len(entries)
+            t0 = time.perf_counter()
+            try:
+                results, busy = future.result()
+            except BrokenExecutor as exc:
+                executor = self._recover(executor, entries, window, exc)
+                in_flight = sum(len(e) for e, _ in window)
+                continue
+            finally:
+                self.summary.add_time("decode_wait", time.perf_counter() - t0)
+            self.summary.add_time("decode", busy)
+            decoded.extend(self._collect(entries, results))
+            if decoded and not self._model_ready:
+                # Loaded only once something needs encoding (a run with everything cached never
+                # pays for it); the workers go on decoding the window meanwhile.
+                self._timed("load_model", self._warm_up)
+            while len(decoded) >= bs or (decoded and exhausted and not window):
+                batch, decoded = decoded[:bs], decoded[bs:]
+                self.encode_and_write(batch)
+
+    def _recover(self, executor: Executor, crashed: list[_Entry], window: deque, exc: Exception) -> Executor:
+        """A worker died (a decoder crash on some file, the OOM killer): start a new pool and
+        resubmit what was in flight. The crashed chunk is retried one image per task, so only the
+        image that kills a worker on its own is reported as failed."""
+        executor.shutdown(wait=False, cancel_futures=True)
+        executor = self._executor_in_use = self._executor()  # run() shuts down whichever is last
+        pending = [entries for entries, _ in window]
+        window.clear()
+        if len(crashed) == 1 and crashed[0].suspect:
+            self.summary.fail(crashed[0].item.key, f"decode_failed: the decoder crashed on this file ({exc})")
+            self._seen.discard(crashed[0].doc_id)
+            self.progress.update("decode", 1)
+        else:
+            for entry in crashed:
+                entry.suspect = True
+            pending = [[entry] for entry in crashed] + pending
+        for entries in pending:
+            for entry in entries:
+                entry.data = _reread(entry.item.path)
+            window.append(self._submit(executor, entries))
+        return executor
+
+    def _executor(self) -> Executor:
+        if self.opts.decode_workers <= 0:
+            return _InlineExecutor()
+        import multiprocessing
+
+        # spawn, not fork: this process may already run torch's thread pools, which fork breaks.
+        return ProcessPoolExecutor(self.opts.decode_workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(self.opts.worker_nice,))
+
+    def _submit(self, executor: Executor, chunk: list[_Entry]) -> tuple[list[_Entry], Future]:
+        payload = [e.data for e in chunk]
+        for e in chunk:
+            e.data = None  # the worker has its copy; keep the window's memory to one copy
+        return chunk, executor.submit(self.decode_fn, payload, self.encoder.preprocess_config, self.opts.limits)
+
+    def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.summary.add_time(stage, time.perf_counter() - t0)
+
+    # -- stages ----------------------------------------------------------------------------
+    def read(self, item: Item) -> _Entry | None:
+        """Read the file and settle its id. Returns what still needs decoding, or None when the
+        item failed, is a duplicate, or its vector is already known (cache or index)."""
+        self.progress.update("read")
+        try:
+            size = os.stat(item.path).st_size
+            if size > self.opts.limits.max_bytes:
+                raise ImageTooLarge("bytes", size, self.opts.limits.max_bytes)
+            data = Path(item.path).read_bytes()
+        except ImageTooLarge as exc:
+            self.summary.fail(item.key, f"{exc.code}: {exc}")
+            return None
+        except OSError as exc:
+            self.summary.fail(item.key, f"unreadable: {exc.strerror or exc}")
+            return None
+        doc_id = item.doc_id or hashlib.sha256(data).hexdigest()
+        if doc_id in self._seen:
+            self.summary.skipped["duplicate content"] += 1
+            self.done[item.key] = doc_id
+            return None
+        self._seen.add(doc_id)
+        known = self._known_vector(doc_id)
+        if known is not None:
+            vector, extras = known
+            self.summary.from_cache += 1
+            self._ready.append((item.key, Document(doc_id, vector, self._metadata(item, doc_id, extras))))
+            return None
+        return _Entry(item, doc_id, data)
+
+    def _known_vector(self, doc_id: str) -> tuple[np.ndarray, dict] | None:
+        cached = self.cache.get(doc_id)
+        if cached is not None:
+            return cached
+        if doc_id in self.indexed_ids:  # e.g. a moved file: same bytes, new path; reuse its vector
+            doc = self.index.get(doc_id)
+            extras = {k: doc.metadata[k] for k in ("width", "height") if k in doc.metadata}
+            self.cache.append([doc_id], np.asarray(doc.vector, dtype=np.float32).reshape(1, -1), [extras])
+            return doc.vector, extras
+        return None
+
+    def _collect(self, entries: list[_Entry], results: list[Decoded]) -> list[tuple[_Entry, np.ndarray]]:
+        ok = []
+        for entry, result in zip(entries, results):
+            if result.error is not None:
+                self.summary.fail(entry.item.key, result.error)
+                self._seen.discard(entry.doc_id)
+            else:
+                entry.size = result.size
+                ok.append((entry, result.crop))
+        self.progress.update("decode", len(entries))
+        return ok
+
+    def _warm_up(self) -> None:
+        cfg = self.encoder.preprocess_config
+        self.encoder.encode_pixels(np.zeros((1, 3, cfg.crop_height, cfg.crop_width), dtype=np.float32))
+        self._model_ready = True
+
+    def encode_and_write(self, batch: list[tuple[_Entry, np.ndarray]]) -> None:
+        t0 = time.perf_counter()
+        pixels = normalize_batch([crop for _, crop in batch], self.encoder.preprocess_config)
+        vectors = self.encoder.encode_pixels(pixels)
+        self.summary.add_time("encode", time.perf_counter() - t0)
+        self.summary.encoded += len(batch)
+        self.progress.update("encode", len(batch))
+        t0 = time.perf_counter()
+        extras = [{"width": e.size[0], "height": e.size[1]} for e, _ in batch]
+        self.cache.append([e.doc_id for e, _ in batch], vectors, extras)  # durable before the index
+        for (entry, _), vector, extra in zip(batch, vectors, extras):
+            self._ready.append((entry.item.key, Document(entry.doc_id, vector, self._metadata(entry.item, entry.doc_id, extra))))
+        self._write()
+        self.summary.add_time("write", time.perf_counter() - t0)
+        self._maybe_save()
+        if self.opts.batch_delay:
+            time.sleep(self.opts.batch_delay)
+
+    def _metadata(self, item: Item, doc_id: str, extras: dict | None) -> dict[str, Any]:
+        meta = dict(item.metadata)
+        if item.doc_id is None:  # content-addressed: the file is the only source of facts
+            meta["content_hash"] = doc_id
+            w, h = (extras or {}).get("width"), (extras or {}).get("height")
+            if w and h:
+                meta.update(width=int(w), height=int(h), orientation=orientation(int(w), int(h)))
+        return meta
+
+    def _write(self) -> None:
+        if not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        self.summary.indexed += self.index.upsert([doc for _, doc in ready])
+        for key, doc in ready:
+            self.done[key] = doc.id
+            self.indexed_ids.add(doc.id)
+        self.progress.update("index", len(ready))
+        self._batches_written += 1
+
+    def _maybe_save(self) -> None:
+        if self._batches_written - self._saved_at >= max(1, self.opts.save_every):
+            self.save()
+
+    def save(self) -> None:
+        """Make the index durable, then tell the source (which records its own state after it)."""
+        t0 = time.perf_counter()
+        self._saved_at = self._batches_written
+        self.index.save()
+        if self.on_save is not None:
+            self.on_save(dict(self.done))
+        self.summary.add_time("save", time.perf_counter() - t0)

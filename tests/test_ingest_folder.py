@@ -1,0 +1,197 @@
+"""Folder ingest: content-hash ids, metadata, bad files, incremental runs, kill -9 and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.images import decode_image
+from clipsearch.index.faiss_index import FaissIndex
+from conftest import REPO, make_image
+from ingest.cli import execute, main
+
+
+@pytest.fixture
+def env(monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    monkeypatch.delenv("BACKEND", raising=False)
+
+
+@pytest.fixture
+def photos(photo_folder, tmp_path) -> Path:
+    dest = tmp_path / "photos"
+    shutil.copytree(photo_folder, dest)
+    return dest
+
+
+def run(folder, tmp_path, *extra, index="idx"):
+    return execute(["folder", str(folder), "--index", str(tmp_path / index), "--cache-dir", str(tmp_path / "cache"),
+                    "--quiet", "--decode-workers", "0", "--batch-size", "4", *extra])
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG header that claims width x height pixels (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_folder_documents_and_vectors(env, photos, tmp_path, tiny_encoder):
+    summary = run(photos, tmp_path)
+    files = sorted(p for p in photos.rglob("*") if p.is_file())
+    assert (summary.found, summary.encoded, summary.indexed, len(summary.failed)) == (12, 12, 12, 0)
+    index = FaissIndex.load(tmp_path / "idx")
+    assert sorted(index.ids()) == sorted(sha(p) for p in files)
+    for path in files[:4]:
+        doc = index.get(sha(path))
+        img = decode_image(path.read_bytes())
+        assert doc.metadata == {"source": "folder", "path": str(path.resolve()), "width": img.width,
+                                "height": img.height, "orientation": "landscape", "content_hash": sha(path)}
+        # The pipeline's workers + batch normalisation give exactly the query path's vector.
+        np.testing.assert_allclose(doc.vector, tiny_encoder.encode_images([img])[0], atol=1e-5)
+
+
+def test_bad_files_are_skipped_and_reported(env, tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "deep" / "er").mkdir(parents=True)
+    good = {"a.jpg": make_image(1), "deep/b.png": make_image(2, fmt="PNG"), "deep/er/c.gif": make_image(3, fmt="GIF"),
+            "png-named.jpg": make_image(4, fmt="PNG"), "upper.JPEG": make_image(5)}
+    whole = make_image(6, size=(300, 200))
+    bad = {"empty.jpg": b"", "truncated.jpg": whole[: len(whole) // 2], "bomb.png": bomb_png(10000, 10000),
+           "huge-bomb.png": bomb_png(30000, 30000),
+           "text.jpg": b"hello, not an image", "page.webp": b"<html></html>", "big.jpg": make_image(7, size=(900, 900))}
+    for name, data in {**good, **bad}.items():
+        (folder / name).write_bytes(data)
+    (folder / "ignored.txt").write_bytes(make_image(8))  # an image, but not by extension: not scanned
+    (folder / "dir.jpg").mkdir()  # a directory with an image's name
+    os.symlink(folder / "nowhere.jpg", folder / "dangling.jpg")
+    summary = run(folder, tmp_path, "--max-bytes", str(len(make_image(7, size=(900, 900))) - 1))
+
+    reasons = {Path(k).name: r for k, r in summary.failed}
+    assert set(reasons) == set(bad)
+    assert reasons["empty.jpg"].startswith("invalid_image") and "0 bytes" in reasons["empty.jpg"]
+    assert reasons["truncated.jpg"].startswith("invalid_image") and "truncated" in reasons["truncated.jpg"]
+    assert reasons["bomb.png"].startswith("image_too_large") and "100,000,000 pixels" in reasons["bomb.png"]
+    assert reasons["huge-bomb.png"].startswith("image_too_large")
+    assert reasons["text.jpg"].startswith("invalid_image") and reasons["page.webp"].startswith("invalid_image")
+    assert reasons["big.jpg"].startswith("image_too_large") and "bytes" in reasons["big.jpg"]
+    assert (summary.found, summary.indexed) == (len(good) + len(bad), len(good))
+    index = FaissIndex.load(tmp_path / "idx")
+    assert sorted(Path(index.get(i).metadata["path"]).name for i in index.ids()) == sorted(Path(n).name for n in good)
+    text = summary.render()
+    assert "FAILED" in text and "bomb.png" in text and "(4 invalid_image, 3 image_too_large)" in text
+
+
+def test_incremental_changes_deletes_moves(env, photos, tmp_path):
+    first = run(photos, tmp_path)
+    assert first.indexed == 12
+    files = sorted(p for p in photos.rglob("*.jpg"))
+    changed, deleted, moved = files[0], files[1], files[2]
+    old_changed, old_deleted, moved_id = sha(changed), sha(deleted), sha(moved)
+    changed.write_bytes(make_image(500))
+    deleted.unlink()
+    moved_to = photos / "sub" / "renamed.jpg"
+    moved.rename(moved_to)
+    (photos / "new.jpg").write_bytes(make_image(501))
+    (photos / "copy-of-new.jpg").write_bytes(make_image(501))  # same bytes: one document
+
+    second = run(photos, tmp_path)
+    assert second.skipped["unchanged"] == 9
+    assert second.skipped["duplicate content"] == 1
+    assert second.encoded == 2  # the changed and the new file; the moved one comes from the cache
+    assert second.from_cache == 1
+    assert second.deleted == 2  # the deleted file's and the changed file's old documents
+    index = FaissIndex.load(tmp_path / "idx")
+    assert index.count() == 12 - 1 + 1
+    ids = set(index.ids())
+    assert old_changed not in ids and old_deleted not in ids and sha(changed) in ids
+    assert index.get(moved_id).metadata["path"] == str(moved_to.resolve())
+
+    third = run(photos, tmp_path)  # nothing changed: nothing read, encoded or written
+    assert (third.encoded, third.from_cache, third.indexed, third.deleted) == (0, 0, 0, 0)
+    assert third.skipped["unchanged"] == 13
+
+
+def test_touched_file_is_reread_not_reencoded_and_lost_index_is_rebuilt_from_cache(env, photos, tmp_path):
+    run(photos, tmp_path)
+    touched = next(photos.rglob("*.png"))
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    again = run(photos, tmp_path)
+    assert (again.encoded, again.from_cache, again.indexed, again.deleted) == (0, 1, 1, 0)
+    shutil.rmtree(tmp_path / "idx")  # index gone, state and cache kept: rebuilt without encoding
+    rebuilt = run(photos, tmp_path)
+    assert (rebuilt.encoded, rebuilt.from_cache, rebuilt.indexed) == (0, 12, 12)
+    assert FaissIndex.load(tmp_path / "idx").count() == 12
+
+
+def test_usage_errors(env, tmp_path, capsys):
+    assert main(["folder", str(tmp_path / "nope"), "--index", str(tmp_path / "i"), "--quiet"]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["folder", str(tmp_path), "--batch-size", "0"])
+    assert exc.value.code == 2
+    out = subprocess.run([sys.executable, "-m", "ingest", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0
+    for word in ("unsplash", "folder", "--limit", "--width", "--workers", "--data-dir", "--dataset-url",
+                 "--index", "--backend", "--cache-dir", "--batch-size", "--decode-workers", "--save-every"):
+        assert word in out.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_kill_then_resume(env, tmp_path):
+    """kill -9 mid-run (decode workers as processes, the default); the rerun completes with one
+    document per image, none lost, none twice."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"img{i:02d}.jpg").write_bytes(make_image(2000 + i, size=(96, 64)))
+    cmd = [sys.executable, "-m", "ingest", "folder", str(folder), "--index", str(tmp_path / "idx"),
+           "--cache-dir", str(tmp_path / "cache"), "--quiet", "--batch-size", "2", "--save-every", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd + ["--batch-delay", "0.25"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (tmp_path / "idx" / "manifest.json").is_file():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = FaissIndex.load(tmp_path / "idx").count()
+    assert 0 < saved < 30  # really killed mid-run
+
+    out = subprocess.run(cmd + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    resumed = summary["skipped"].get("unchanged", 0) + summary["from_cache"]
+    assert resumed >= saved  # what was done before the kill is not encoded again
+    assert resumed + summary["encoded"] == 30
+    index = FaissIndex.load(tmp_path / "idx")
+    ids = index.ids()
+    assert len(ids) == len(set(ids)) == 30
+    assert set(ids) == {sha(p) for p in folder.iterdir()}
+    assert len({index.get(i).metadata["path"] for i in ids}) == 30
