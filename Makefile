@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench lint clean
+.PHONY: venv browser test test-fast demo bench lint clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-test: venv
+# Headless Chromium + its driver for the front-end's browser tests (Debian packages). Never fails
+# the build: without root or apt-get those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium and chromium-driver (browser tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "could not install chromium: the browser tests will skip"; \
+	else echo "chromium/chromedriver missing and not installable here (needs root and apt-get): the browser tests will skip"; fi
+
+test: venv browser
 	$(PY) -m pytest
 
 test-fast: venv

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
+DEFAULT_API_URL = "http://localhost:8000/search"  # the local gateway of `make demo`
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -17,6 +18,14 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw) if raw.strip() else default
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
@@ -50,11 +59,28 @@ class Settings:
     opensearch_user: str | None = None
     opensearch_password: str | None = field(default=None, repr=False)
     aws_region: str | None = None
+    # OpenSearch index creation (ingest); the server reads what the index's mapping says.
+    opensearch_engine: str = "faiss"  # "faiss" | "lucene"
+    opensearch_m: int = 32
+    opensearch_ef_construction: int = 200
+    opensearch_ef_search: int = 128
+    opensearch_data_type: str = "float"  # "float" | "byte" (int8, quantised before upload)
+    opensearch_mode: str | None = None  # None | "in_memory" | "on_disk"
+    opensearch_compression: str | None = None  # e.g. "32x" with mode on_disk
+    opensearch_shards: int = 1
+    opensearch_replicas: int = 1
+    opensearch_timeout: int = 10  # seconds per request (bulk and force-merge get longer)
+    opensearch_force_merge: bool = False  # merge to one segment at the end of a load
     preload_image_tower: bool = False
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     # Browser origins the handler echoes in Access-Control-Allow-Origin; empty = no CORS headers.
     cors_allow_origins: tuple[str, ...] = ()
+    # Front-end (streamlit_app.py): where POST /search lives, its optional API key (x-api-key),
+    # and how long to keep retrying while a cold Lambda warms up.
+    api_url: str = DEFAULT_API_URL
+    api_key: str | None = field(default=None, repr=False)
+    api_retry_budget: float = 90.0
 
     @property
     def model_source(self) -> str:
@@ -84,8 +110,22 @@ class Settings:
             opensearch_user=get("OPENSEARCH_USER"),
             opensearch_password=get("OPENSEARCH_PASSWORD"),
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            opensearch_engine=get("OPENSEARCH_ENGINE", "faiss").lower(),
+            opensearch_m=_int(env, "OPENSEARCH_M", 32),
+            opensearch_ef_construction=_int(env, "OPENSEARCH_EF_CONSTRUCTION", 200),
+            opensearch_ef_search=_int(env, "OPENSEARCH_EF_SEARCH", 128),
+            opensearch_data_type=get("OPENSEARCH_DATA_TYPE", "float").lower(),
+            opensearch_mode=(get("OPENSEARCH_MODE") or "").lower() or None,
+            opensearch_compression=(get("OPENSEARCH_COMPRESSION") or "").lower() or None,
+            opensearch_shards=_int(env, "OPENSEARCH_SHARDS", 1),
+            opensearch_replicas=_int(env, "OPENSEARCH_REPLICAS", 1),
+            opensearch_timeout=_int(env, "OPENSEARCH_TIMEOUT", 10),
+            opensearch_force_merge=_bool(env, "OPENSEARCH_FORCE_MERGE", False),
             preload_image_tower=_bool(env, "PRELOAD_IMAGE_TOWER", False),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
             cors_allow_origins=tuple(o.strip() for o in env.get("CORS_ALLOW_ORIGINS", "").split(",") if o.strip()),
+            api_url=get("CLIPSEARCH_API_URL", DEFAULT_API_URL).strip(),
+            api_key=get("CLIPSEARCH_API_KEY"),
+            api_retry_budget=_float(env, "CLIPSEARCH_RETRY_BUDGET", 90.0),
         )

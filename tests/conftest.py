@@ -59,3 +59,13 @@ def photo_folder(tmp_path_factory) -> Path:
         fmt, ext = ("PNG", "png") if i % 4 == 0 else ("JPEG", "jpg")
         (sub / f"photo{i:02d}.{ext}").write_bytes(make_image(i, size=(80 + i, 60), fmt=fmt))
     return root
+
+
+@pytest.fixture
+def fake_opensearch():
+    """A strict fake OpenSearch on a free 127.0.0.1 port (tests/fake_opensearch.py): `.url`,
+    `.fail()`, `.drop()`, `.delay()`, `.reject_items()` for faults."""
+    from fake_opensearch import FakeOpenSearch
+
+    with FakeOpenSearch() as fake:
+        yield fake

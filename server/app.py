@@ -1,0 +1,196 @@
+"""The application behind the handler: routing, init-failure handling, one log line per request.
+
+Built once per container (server/handler.py). If initialisation fails (no index, a model
+mismatch, a model that cannot load, bad settings), the function does not crash-loop: every
+request gets a 503 whose code and message say what is wrong and how to fix it, with
+Retry-After, and initialisation is tried again at most every `retry_init_s` seconds, so a
+local server started before the index existed recovers once ingest has run.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+from clipsearch.config import Settings
+from clipsearch.errors import ClipsearchError, ImageTooLarge, InvalidInput, ModelMismatch
+from server.errors import HttpError, ServiceUnavailable, to_http
+from server.events import HttpRequest, cors_headers, parse_event, proxy_response
+from server.fetch import SafeFetcher
+from server.models import parse_request
+from server.service import SearchService
+
+RETRY_INIT_S = 10.0
+QUERY_THREADS = 1  # TORCH_THREADS unset: see _build
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+JSON_OVERHEAD_BYTES = 64 * 1024
+
+log = logging.getLogger("clipsearch.server")
+
+
+def _setup_logging() -> None:
+    """JSON lines on stdout (CloudWatch under Lambda), whatever the runtime set up."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def log_json(level: int, **fields: Any) -> None:
+    log.log(level, json.dumps(fields, default=str, ensure_ascii=False))
+
+
+class App:
+    def __init__(self, settings: Settings | None, *, encoder=None, index=None, fetcher: SafeFetcher | None = None,
+                 retry_init_s: float = RETRY_INIT_S, settings_error: Exception | None = None):
+        _setup_logging()
+        self.settings = settings or Settings()
+        self._encoder, self._index, self._fetcher = encoder, index, fetcher
+        self.retry_init_s = retry_init_s
+        self.service: SearchService | None = None
+        self.init_error: ClipsearchError | None = None
+        self._settings_error = settings_error
+        self._last_attempt = 0.0
+        self._lock = threading.Lock()
+        self.init_ms = self._init()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "App":
+        """The container's app; bad settings become a 503 on every request, not an import crash."""
+        try:
+            return cls(Settings.from_env(env))
+        except ValueError as exc:
+            return cls(None, settings_error=exc)
+
+    # -- initialisation --------------------------------------------------------------------
+    def _init(self) -> float:
+        t0 = time.perf_counter()
+        self._last_attempt = time.monotonic()
+        try:
+            self.service = self._build()
+            self.init_error = None
+        except ClipsearchError as exc:
+            self.init_error = exc
+            log_json(logging.ERROR, event="init_failed", code=exc.code, message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load must not crash-loop
+            self.init_error = ServiceUnavailable("init_failed", f"the function could not start: {type(exc).__name__}: "
+                                                 f"{str(exc)[:300]}")
+            log_json(logging.ERROR, event="init_failed", code="init_failed", error=repr(exc),
+                     traceback=traceback.format_exc())
+        ms = (time.perf_counter() - t0) * 1000
+        if self.service is not None:
+            log_json(logging.INFO, event="init", ms=round(ms, 1), **self.service.health())
+        return ms
+
+    def _build(self) -> SearchService:
+        from clipsearch.encoder import load_encoder
+        from clipsearch.index import check_model, open_index
+
+        if self._settings_error is not None:
+            raise ServiceUnavailable("bad_configuration", f"the function's settings are invalid: {self._settings_error}")
+        s = self.settings
+        if s.threads is None:
+            # One query at a time, on Lambda's fraction of a vCPU or a busy host: intra-op threads
+            # cost more than they give (measured: 24 ms at 1 thread, 850 ms at 2 on a loaded 2-core host).
+            s = self.settings = dataclasses.replace(s, threads=QUERY_THREADS)
+        if self._encoder is None:
+            self._encoder = load_encoder(s, load=("text", "vision") if s.preload_image_tower else ("text",))
+        if self._index is None:
+            if s.backend == "faiss" and s.index_s3_uri:
+                from server.s3sync import sync_index
+
+                sync_index(s.index_s3_uri, s.index_path)
+            self._index = open_index(s)
+        try:
+            check_model(self._index, self._encoder.model_id, self._encoder.dim)
+        except ModelMismatch:
+            self._index = None  # re-open on the next attempt: ingest may have rebuilt it
+            raise
+        fetcher = self._fetcher or SafeFetcher(max_bytes=s.max_image_bytes)
+        return SearchService(self._encoder, self._index, s, fetcher)
+
+    def _ready_service(self) -> SearchService:
+        if self.service is None:
+            with self._lock:
+                if self.service is None and time.monotonic() - self._last_attempt >= self.retry_init_s:
+                    self._init()
+        if self.service is None:
+            raise self.init_error or ServiceUnavailable("init_failed", "the function is not initialised")
+        return self.service
+
+    # -- requests --------------------------------------------------------------------------
+    def handle(self, event: Any, context: Any = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        line: dict[str, Any] = {"request_id": getattr(context, "aws_request_id", None) or str(uuid.uuid4())}
+        request: HttpRequest | None = None
+        try:
+            request = parse_event(event)
+            line.update(source=request.source, method=request.method)
+            status, body, headers = self._route(request, line)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become HTTP
+            reply = to_http(exc)
+            status, body, headers = reply.status, reply.body(), reply.headers
+            line["error"] = reply.code
+            if status >= 500 and not isinstance(exc, ClipsearchError):
+                line["traceback"] = traceback.format_exc()
+            elif status >= 500:
+                line["message"] = str(exc)
+        allowed = self.settings.cors_allow_origins
+        if request is not None:
+            headers = {**cors_headers(request.origin, allowed, preflight=request.method == "OPTIONS"), **headers}
+        total_ms = (time.perf_counter() - t0) * 1000
+        if isinstance(body, dict) and isinstance(body.get("took_ms"), dict):
+            body["took_ms"]["total"] = round(total_ms, 3)  # parse and validation included
+        line.update(status=status, ms=round(total_ms, 3))
+        log_json(logging.ERROR if status >= 500 else logging.INFO, **line)
+        return proxy_response(status, body, headers)
+
+    def _route(self, request: HttpRequest, line: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if request.method == "OPTIONS":
+            return 204, None, {}
+        if request.method in ("GET", "HEAD") and request.path.rstrip("/").endswith("/health"):
+            return 200, self._ready_service().health(), {}
+        if request.method != "POST":
+            raise HttpError(405, "method_not_allowed", f"{request.method} is not supported: POST a JSON search request",
+                            {"Allow": "POST, OPTIONS"})
+        query = parse_request(self._request_data(request))
+        line.update(input_type=query.input_type, k=query.k, filtered=bool(query.filters))
+        if query.input_type == "text":
+            line["chars"] = len(query.query)
+        body = self._ready_service().search(query)
+        line.update(count=body["count"], took_ms=body["took_ms"])
+        return 200, body, {}
+
+    def _request_data(self, request: HttpRequest) -> Any:
+        max_bytes = self.settings.max_image_bytes * 4 // 3 + JSON_OVERHEAD_BYTES
+        if request.source != "direct" and request.content_type in RAW_IMAGE_TYPES:
+            return self._raw_image_query(request)
+        return request.json_body(max_bytes)
+
+    def _raw_image_query(self, request: HttpRequest) -> dict[str, Any]:
+        """An image POSTed as the body itself (API Gateway's binary media types), options in the query string."""
+        if not request.body:
+            raise InvalidInput("the image body is empty")
+        if len(request.body) > self.settings.max_image_bytes:
+            raise ImageTooLarge("bytes", len(request.body), self.settings.max_image_bytes)
+        data: dict[str, Any] = {"query": base64.b64encode(request.body).decode("ascii"), "input_type": "image"}
+        for name, convert in (("k", int), ("min_score", float)):
+            if name in request.query:
+                try:
+                    data[name] = convert(request.query[name])
+                except ValueError:
+                    raise InvalidInput(f"query-string parameter {name}={request.query[name]!r} is not a number") from None
+        unknown = sorted(set(request.query) - {"k", "min_score"})
+        if unknown:
+            raise InvalidInput(f"unknown query-string parameter(s) {', '.join(unknown)}: only k and min_score")
+        return data

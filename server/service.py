@@ -1,0 +1,133 @@
+"""The search itself: query -> vector -> k-NN -> results, timed.
+
+Built once per container with the encoder, the index and the URL fetcher passed in; holds an
+LRU cache of text-query embeddings (the same popular queries repeat, and encoding is most of a
+text query's time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from clipsearch.config import Settings
+from clipsearch.encoder import Encoder
+from clipsearch.errors import ImageTooLarge, InvalidInput
+from clipsearch.images import decode_image
+from clipsearch.index import VectorIndex
+from server.fetch import SafeFetcher
+from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery
+
+TEXT_CACHE_SIZE = 1024
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+class LruCache:
+    """A small thread-safe LRU map from query text to its (read-only) vector."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        value.flags.writeable = False  # shared between requests: nobody may change it
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def decode_base64_image(text: str, max_bytes: int) -> bytes:
+    """Base64 (standard or URL-safe, line breaks allowed, or a data: URL) into bytes, size-capped."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise InvalidInput("a data: URL query must be base64-encoded (data:image/png;base64,...)")
+    text = text.translate(_WHITESPACE)
+    if len(text) * 3 // 4 > max_bytes + 2:  # before decoding: do not allocate what we refuse
+        raise ImageTooLarge("bytes", len(text) * 3 // 4, max_bytes)
+    try:
+        altchars = b"-_" if ("-" in text or "_" in text) else None
+        return base64.b64decode(text, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("query is not valid base64: send the image file's bytes base64-encoded") from None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class SearchService:
+    def __init__(self, encoder: Encoder, index: VectorIndex, settings: Settings, fetcher: SafeFetcher,
+                 cache_size: int = TEXT_CACHE_SIZE):
+        self.encoder, self.index, self.settings, self.fetcher = encoder, index, settings, fetcher
+        self.text_cache = LruCache(cache_size)
+
+    def search(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> dict[str, Any]:
+        """The response body for a valid query; domain errors propagate to the one mapping."""
+        t0 = time.perf_counter()
+        vector, exclude = self._vector(q)
+        t1 = time.perf_counter()
+        # "More like this" leaves the document itself out (it would always come first, at 1.0):
+        # ask for one more and drop it.
+        hits = self.index.search(vector, q.k + (exclude is not None), q.filters, q.min_score)
+        hits = [h for h in hits if h.id != exclude][: q.k]
+        t2 = time.perf_counter()
+        results = [{"id": h.id, "score": round(h.score, 6),
+                    **{k: _json_safe(v) for k, v in h.metadata.items() if k not in ("id", "score")}} for h in hits]
+        return {
+            "results": results,
+            "count": len(results),
+            "k": q.k,
+            "model": self.index.model_id,
+            "took_ms": {"encode": round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
+                        "total": round((t2 - t0) * 1000, 3)},
+        }
+
+    def _vector(self, q) -> tuple[np.ndarray, str | None]:
+        if isinstance(q, TextQuery):
+            return self.text_vector(q.query), None
+        if isinstance(q, IdQuery):
+            return self.index.get(q.query).vector, q.query
+        if isinstance(q, ImageQuery):
+            data = decode_base64_image(q.query, self.settings.max_image_bytes)
+        else:
+            data = self.fetcher.fetch(q.query)
+        return self.image_vector(data), None
+
+    def text_vector(self, text: str) -> np.ndarray:
+        vector = self.text_cache.get(text)
+        if vector is None:
+            vector = self.encoder.encode_text(text)[0]
+            self.text_cache.put(text, vector)
+        return vector
+
+    def image_vector(self, data: bytes) -> np.ndarray:
+        image = decode_image(data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+        return self.encoder.encode_images([image])[0]
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.index.model_id, "dim": self.index.dim, "count": self.index.count(),
+                "backend": getattr(self.index, "backend", type(self.index).__name__),
+                "towers": list(getattr(self.encoder, "loaded_towers", ())), "text_cache": len(self.text_cache)}

@@ -1,0 +1,174 @@
+"""The fake OpenSearch is strict: it refuses what a real 3.x cluster refuses, in OpenSearch's shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from clipsearch.index import opensearch_mapping as om
+
+DIM = 4
+
+
+def call(fake, method, path, body=None, raw: bytes | None = None, ctype="application/json"):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    return requests.request(method, fake.url + path, data=data, headers={"Content-Type": ctype}, timeout=5)
+
+
+def knn_index(fake, name="i", **over):
+    body = om.index_body(model_id="m", dim=DIM, replicas=0, **over)
+    r = call(fake, "PUT", f"/{name}", body)
+    assert r.status_code == 200, r.text
+    return body
+
+
+def error_of(r):
+    body = r.json()
+    assert set(body) == {"error", "status"} and body["status"] == r.status_code
+    assert body["error"]["root_cause"][0]["type"] == body["error"]["type"]
+    return body["error"]["type"], body["error"]["reason"]
+
+
+@pytest.mark.parametrize("settings, reason", [
+    ({"index": {"knn": True, "knn.space_type": "innerproduct"}}, "index.knn.space_type"),
+    ({"index.knn.algo_param.m": 16}, "index.knn.algo_param.m"),
+    ({"index": {"knn": True, "knn.algo_param.ef_construction": 100}}, "ef_construction"),
+    ({"index": {"no_such_setting": 1}}, "unknown setting"),
+    ({"index": {"knn": "yes"}}, "true] or [false"),
+    ({"index": {"number_of_replicas": -1}}, ">= 0"),
+])
+def test_refuses_removed_and_unknown_settings(fake_opensearch, settings, reason):
+    r = call(fake_opensearch, "PUT", "/x", {"settings": settings})
+    assert r.status_code == 400 and reason in error_of(r)[1]
+
+
+def _vector_mapping(**over):
+    v = {"type": "knn_vector", "dimension": DIM,
+         "method": {"name": "hnsw", "engine": "faiss", "space_type": "innerproduct", "parameters": {"m": 16}}}
+    v.update(over)
+    return {"settings": {"index": {"knn": True}}, "mappings": {"properties": {"v": v}}}
+
+
+@pytest.mark.parametrize("body, reason", [
+    (_vector_mapping(method={"name": "hnsw", "engine": "nmslib", "space_type": "l2"}), "nmslib"),
+    (_vector_mapping(dimension=0), "Dimension"),
+    (_vector_mapping(dimension=20000), "Dimension"),
+    (_vector_mapping(method={"name": "hnsw", "engine": "faiss", "space_type": "dot"}), "space_type"),
+    (_vector_mapping(method={"name": "hnsw", "engine": "faiss", "parameters": {"ef": 3}}), "Unknown parameter"),
+    (_vector_mapping(method={"name": "hnsw", "engine": "lucene", "space_type": "l1"}), "space_type"),
+    (_vector_mapping(data_type="byte", mode="on_disk"), "non-float"),
+    (_vector_mapping(similarity="cosine"), "unknown parameter"),
+    ({"mappings": {"properties": {"f": {"type": "dense_vector"}}}}, "No handler for type"),
+    ({"mappings": {"properties": {"f": {"type": "keyword"}}, "analyzer": "x"}}, "unsupported parameters"),
+    ({"settings": {"index": {"knn": False}}, "mappings": _vector_mapping()["mappings"]}, "index.knn"),
+])
+def test_refuses_invalid_mappings(fake_opensearch, body, reason):
+    r = call(fake_opensearch, "PUT", "/x", body)
+    assert r.status_code == 400 and reason in error_of(r)[1]
+    assert fake_opensearch.indices == {}
+
+
+def test_refuses_bad_index_names_and_duplicates(fake_opensearch):
+    assert error_of(call(fake_opensearch, "PUT", "/Upper", {}))[0] == "invalid_index_name_exception"
+    knn_index(fake_opensearch)
+    assert error_of(call(fake_opensearch, "PUT", "/i", {}))[0] == "resource_already_exists_exception"
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"index": {"_index": "i", "_id": "a"}}\n{"vector": [1, 0, 0, 0]}', "terminated by a newline"),
+    (b'not json\n', "Malformed action/metadata line [1]"),
+    (b'{"index": {"_index": "i", "_id": "a"}, "extra": 1}\n{}\n', "Malformed action/metadata line [1]"),
+    (b'{"upsert": {"_index": "i"}}\n{}\n', "Malformed action/metadata line [1]"),
+    (b'{"index": {"_index": "i", "_id": "a", "_type": "doc"}}\n{}\n', "unknown parameter [_type]"),
+    (b'{"index": {"_id": "a"}}\n{}\n', "index is missing"),
+    (b'', "no requests added"),
+])
+def test_refuses_malformed_bulk_bodies(fake_opensearch, raw, reason):
+    knn_index(fake_opensearch)
+    r = call(fake_opensearch, "POST", "/_bulk", raw=raw, ctype="application/x-ndjson")
+    assert r.status_code == 400 and reason in error_of(r)[1]
+
+
+def test_bulk_items_fail_individually(fake_opensearch):
+    knn_index(fake_opensearch)
+    lines = [{"index": {"_index": "i", "_id": "ok"}}, {"vector": [1, 0, 0, 0]},
+             {"index": {"_index": "i", "_id": "short"}}, {"vector": [1, 0, 0]},
+             {"index": {"_index": "missing", "_id": "x"}}, {"vector": [1, 0, 0, 0]},
+             {"delete": {"_index": "i", "_id": "never"}}]
+    raw = "".join(json.dumps(l) + "\n" for l in lines).encode()
+    r = call(fake_opensearch, "POST", "/_bulk", raw=raw)
+    body = r.json()
+    assert r.status_code == 200 and body["errors"] is True
+    statuses = [next(iter(i.values()))["status"] for i in body["items"]]
+    assert statuses == [201, 400, 404, 404]
+    assert "dimension mismatch" in body["items"][1]["index"]["error"]["reason"]
+    assert call(fake_opensearch, "POST", "/_bulk", raw=raw, ctype="text/plain").status_code == 406
+
+
+@pytest.mark.parametrize("knn, reason", [
+    ({"vector": {"k": 3}}, "requires query vector"),
+    ({"vector": {"vector": [1, 0, 0, 0]}}, "exactly one of k"),
+    ({"vector": {"vector": [1, 0, 0], "k": 3}}, "invalid dimension: 3"),
+    ({"vector": {"vector": [1, 0, 0, 0], "k": 0}}, "0 < k"),
+    ({"vector": {"vector": [1, 0, 0, 0], "k": 3, "num_candidates": 9}}, "unknown token"),
+    ({"vector": {"vector": [1, 0, 0, 0], "k": 3, "min_score": 0.5}}, "exactly one of k"),
+    ({"width": {"vector": [1, 0, 0, 0], "k": 3}}, "not knn_vector"),
+    ({"vector": {"vector": [1, 0, 0, 0], "k": 3, "method_parameters": {"nprobe": 3}}}, "method_parameters"),
+])
+def test_refuses_bad_knn_queries(fake_opensearch, knn, reason):
+    knn_index(fake_opensearch)
+    r = call(fake_opensearch, "POST", "/i/_search", {"query": {"knn": knn}})
+    assert r.status_code == 400 and reason in error_of(r)[1]
+
+
+def test_refuses_unknown_search_keys_and_filter_types(fake_opensearch):
+    knn_index(fake_opensearch)
+    r = call(fake_opensearch, "POST", "/i/_search", {"query": {"match_all": {}}, "post_filters": {}})
+    assert r.status_code == 400 and error_of(r)[0] == "parsing_exception"
+    r = call(fake_opensearch, "POST", "/i/_search", {"query": {"term": {"width": "wide"}}})
+    assert r.status_code == 400 and error_of(r)[0] == "query_shard_exception"
+    r = call(fake_opensearch, "POST", "/i/_search", {"query": {"term": {"url": "x"}}})
+    assert r.status_code == 400 and "not indexed" in error_of(r)[1]
+
+
+def test_innerproduct_scores_follow_the_documented_formula(fake_opensearch):
+    knn_index(fake_opensearch)
+    docs = {"same": [1, 0, 0, 0], "orth": [0, 1, 0, 0], "opp": [-1, 0, 0, 0], "half": [0.6, -0.8, 0, 0]}
+    raw = "".join(json.dumps({"index": {"_index": "i", "_id": k}}) + "\n" + json.dumps({"vector": v}) + "\n"
+                  for k, v in docs.items()).encode()
+    assert call(fake_opensearch, "POST", "/_bulk", raw=raw).json()["errors"] is False
+    q = {"query": {"knn": {"vector": {"vector": [1, 0, 0, 0], "k": 4}}}}
+    assert call(fake_opensearch, "POST", "/i/_search", q).json()["hits"]["hits"] == []  # not refreshed yet
+    call(fake_opensearch, "POST", "/i/_refresh")
+    hits = call(fake_opensearch, "POST", "/i/_search", q).json()["hits"]["hits"]
+    got = {h["_id"]: h["_score"] for h in hits}
+    assert got == pytest.approx({"same": 2.0, "half": 1.6, "orth": 1.0, "opp": 0.5})
+
+
+def test_aliases_are_swapped_atomically_or_not_at_all(fake_opensearch):
+    knn_index(fake_opensearch, "a")
+    knn_index(fake_opensearch, "b")
+    assert call(fake_opensearch, "POST", "/_aliases", {"actions": [{"add": {"index": "a", "alias": "live"}}]}).ok
+    r = call(fake_opensearch, "POST", "/_aliases", {"actions": [{"remove": {"index": "a", "alias": "live"}},
+                                                                {"add": {"index": "missing", "alias": "live"}}]})
+    assert r.status_code == 404 and fake_opensearch.aliases == {"live": {"a"}}  # nothing applied
+    r = call(fake_opensearch, "POST", "/_aliases", {"actions": [{"add": {"index": "a", "alias": "b"}}]})
+    assert error_of(r)[0] == "invalid_alias_name_exception"
+    assert call(fake_opensearch, "GET", "/live/_mapping").json().keys() == {"a"}
+    assert call(fake_opensearch, "GET", "/nothing-*/_mapping").json() == {}
+    assert error_of(call(fake_opensearch, "GET", "/nothing/_mapping"))[0] == "index_not_found_exception"
+
+
+def test_static_settings_cannot_change_on_an_open_index(fake_opensearch):
+    knn_index(fake_opensearch)
+    r = call(fake_opensearch, "PUT", "/i/_settings", {"index": {"number_of_shards": 3}})
+    assert r.status_code == 400 and "non dynamic" in error_of(r)[1]
+    assert call(fake_opensearch, "PUT", "/i/_settings", {"index": {"refresh_interval": "-1"}}).ok
+
+
+def test_refuses_unknown_url_parameters(fake_opensearch):
+    knn_index(fake_opensearch)
+    r = call(fake_opensearch, "POST", "/i/_refresh?request_timeout=30")
+    assert r.status_code == 400 and "unrecognized parameter: [request_timeout]" in error_of(r)[1]
