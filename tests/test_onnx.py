@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -421,3 +422,87 @@ def test_emulator_end_to_end_with_the_onnx_encoder(onnx_dir, torch_built_index, 
         runtime = stack.runtime_process()
         assert runtime is not None
         assert not any("libtorch" in m.path for m in runtime.memory_maps())  # no torch in the Lambda process
+
+
+# -- the Docker image (no Docker engine here: what the Dockerfile says, and its runtime's deps) --
+def dockerfile_stages(text: str) -> tuple[dict[str, str], dict[str, list[tuple[str, str]]], list[tuple[str, str]]]:
+    """Global ARG defaults, each named stage's instructions, and the final (unnamed) stage's."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    ins = [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*([A-Za-z]+)\s+(.*)$", joined, re.M)
+           if not m.group(0).lstrip().startswith("#")]
+    first_from = next(i for i, (op, _) in enumerate(ins) if op == "FROM")
+    global_args = dict(arg.split("=", 1) for op, arg in ins[:first_from] if op == "ARG" and "=" in arg)
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for op, arg in ins[first_from:]:
+        if op == "FROM":
+            parts = arg.split()
+            current = [(op, parts[0])]
+            stages[parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else "<final>"] = current
+        else:
+            current.append((op, arg))
+    return global_args, stages, stages.pop("<final>")
+
+
+def image_chain(encoder: str) -> list[list[tuple[str, str]]]:
+    """The instructions of every stage the image inherits from (FROM chain), for one ENCODER."""
+    args, stages, final = dockerfile_stages((REPO / "Dockerfile").read_text())
+    chain, base = [final], final[0][1].replace("${ENCODER}", encoder)
+    while base in stages:
+        chain.append(stages[base])
+        base = stages[base][0][1]
+    assert base == "public.ecr.aws/lambda/python:3.11"
+    return chain
+
+
+def test_dockerfile_builds_onnx_by_default_without_torch():
+    args, stages, _ = dockerfile_stages((REPO / "Dockerfile").read_text())
+    assert args["ENCODER"] == "onnx"
+    onnx = [ins for stage in image_chain("onnx") for ins in stage]
+    text = " ".join(arg for _, arg in onnx)
+    assert "requirements-onnx.txt" in text and "torch" not in text and "requirements.txt" not in text
+    assert ("COPY", "--from=onnx-export /opt/model-onnx /opt/model-onnx") in onnx
+    env = " ".join(arg for op, arg in onnx if op == "ENV")
+    assert "ENCODER=onnx" in env and "ONNX_PATH=/opt/model-onnx" in env and "HF_HUB_OFFLINE=1" in env
+    # The export names the model id the index was built with, and runs where torch is.
+    export_stage = " ".join(arg for stage in [stages["onnx-export"], stages["weights"], stages["torch-base"]]
+                            for _, arg in stage)
+    assert "python -m clipsearch.export_onnx /opt/model /opt/model-onnx --model-id \"${MODEL_ID}\"" in export_stage
+    assert "--index-url https://download.pytorch.org/whl/cpu" in export_stage
+
+
+def test_dockerfile_still_builds_the_torch_variant():
+    torch_side = [ins for stage in image_chain("torch") for ins in stage]
+    text = " ".join(arg for _, arg in torch_side)
+    assert "pip install -r ${LAMBDA_TASK_ROOT}/requirements.txt" in text and "onnx" not in text
+    env = " ".join(arg for op, arg in torch_side if op == "ENV")
+    assert "ENCODER=torch" in env and "MODEL_PATH=/opt/model" in env
+    assert [arg for op, arg in torch_side if op == "CMD"] == ['["server.handler.handler"]']
+    assert "!requirements-onnx.txt" in (REPO / ".dockerignore").read_text().split()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_handler_runs_under_the_emulator_with_only_requirements_onnx(tmp_path, onnx_dir, torch_built_index,
+                                                                     tiny_encoder):
+    """What the ONNX image's site-packages would hold, and nothing else: the runtime's interpreter
+    runs with -S and a site-packages of requirements-onnx.txt's closure (torch cannot be imported)."""
+    import base64
+
+    from server.local import LocalStack
+    from test_server_container import requirement_closure, requirements_only_site
+
+    linked = requirements_only_site(tmp_path / "site", requirement_closure(REPO / "requirements-onnx.txt"))
+    assert {"onnxruntime", "tokenizers", "awslambdaric", "pydantic", "faiss", "PIL"} <= set(linked)
+    assert not {"torch", "transformers", "safetensors", "psutil", "pytest"} & set(linked)
+    env = {"ENCODER": "onnx", "ONNX_PATH": str(onnx_dir), "INDEX_PATH": str(torch_built_index), "TORCH_THREADS": "1",
+           "PYTHONPATH": str(tmp_path / "site")}
+    queries = [{"query": "two dogs", "input_type": "text"}, {"query": "img3", "input_type": "id"},
+               {"query": base64.b64encode(make_image(5, fmt="PNG")).decode(), "input_type": "image"},
+               {"query": "", "input_type": "text"}]
+    with LocalStack(env=env, log=tmp_path / "log", python=[sys.executable, "-S"]) as stack:
+        assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
+        replies = [stack.invoke(q) for q in queries]
+    assert [r["statusCode"] for r in replies] == [200, 200, 200, 400], (tmp_path / "log").read_text()[-3000:]
+    expected = [h.id for h in FaissIndex.load(torch_built_index).search(tiny_encoder.encode_text("two dogs")[0], k=10)]
+    assert [r["id"] for r in json.loads(replies[0]["body"])["results"]] == expected
