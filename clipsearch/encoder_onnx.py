@@ -44,8 +44,11 @@ class OnnxClipEncoder:
             raise FileNotFoundError(
                 f"{self.path} is not an ONNX export (no {MANIFEST}): create one with "
                 f"`python -m clipsearch.export_onnx SOURCE {self.path}` and point ONNX_PATH at it")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != "onnx" or "towers" not in self.manifest:
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            self.manifest = {}
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != "onnx" or "towers" not in self.manifest:
             raise FileNotFoundError(f"{manifest_path} does not describe an ONNX export: re-run clipsearch.export_onnx")
         self.model_id: str = self.manifest["model_id"]
         self._dim = int(self.manifest["dim"])
@@ -103,7 +106,10 @@ class OnnxClipEncoder:
         # Workers that spin between ops burn the CPU share a Lambda is billed for, and steal it
         # from the other requests' threads on a busy machine; a query is a few ms either way.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
+        try:
+            return ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises bare Exception subclasses (Fail, InvalidProtobuf)
+            raise ValueError(f"cannot load {file} ({exc}): re-run clipsearch.export_onnx into {self.path}") from exc
 
     def _load_tokenizer(self) -> None:
         from tokenizers import Tokenizer

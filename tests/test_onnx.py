@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -258,10 +259,23 @@ def test_missing_or_incomplete_exports_say_how_to_fix(onnx_dir, tiny_model_dir, 
         OnnxClipEncoder(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="not describe an ONNX export"):
         OnnxClipEncoder(tiny_model_dir)  # a torch checkpoint's manifest
+    for garbage in ("{not json", "[1, 2]", '{"format": "onnx"}'):
+        broken = tmp_path / "broken"
+        broken.mkdir(exist_ok=True)
+        (broken / "clipsearch_model.json").write_text(garbage)
+        with pytest.raises(FileNotFoundError, match="not describe an ONNX export"):
+            OnnxClipEncoder(broken)
     text_only = tmp_path / "text-only"
     export(str(tiny_model_dir), text_only, towers=("text",))
     with pytest.raises(FileNotFoundError, match="--int8-text"):
         OnnxClipEncoder(text_only, text_int8=True)
+    shutil.copytree(text_only, tmp_path / "damaged")
+    (tmp_path / "damaged" / "text.onnx.data").unlink()
+    with pytest.raises(ValueError, match="text.onnx.data.*re-run clipsearch.export_onnx"):
+        OnnxClipEncoder(tmp_path / "damaged")
+    (tmp_path / "damaged" / "text.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match="cannot load .*text.onnx"):
+        OnnxClipEncoder(tmp_path / "damaged")
     (text_only / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
         OnnxClipEncoder(text_only)
