@@ -5,8 +5,9 @@
 
 - model_only: `encode_pixels` on pre-made pixel tensors, the ceiling for the pipeline.
 - pipeline:   the real ingest Pipeline over a folder of generated 640x427 JPEGs (read, decode +
-              preprocess in a worker process or thread, batched encode, FAISS upsert and save),
-              with no embedding cache, so every image is decoded and encoded.
+              preprocess in this process between batches, the CPU default, or in a worker
+              process; batched encode; FAISS upsert and save), with no embedding cache, so every
+              image is decoded and encoded.
 - naive:      what a first script does: for each file, PIL open, Hugging Face CLIPImageProcessor,
               the same vision tower on a batch of one.
 Each round runs every variant once, interleaved, so machine noise hits them alike; figures are
@@ -100,10 +101,9 @@ def naive(encoder, folder: Path) -> float:
 RATIOS = {
     "pipeline_vs_model_only_fp32": ("pipeline_fp32", "model_only_fp32"),
     "pipeline_vs_naive_fp32": ("pipeline_fp32", "naive_fp32"),
-    "pipeline_worker_nice0_vs_model_only_fp32": ("pipeline_fp32_worker_nice0", "model_only_fp32"),
-    "pipeline_inline_decode_vs_model_only_fp32": ("pipeline_fp32_inline_decode", "model_only_fp32"),
+    "pipeline_worker_process_vs_model_only_fp32": ("pipeline_fp32_worker_process", "model_only_fp32"),
     "pipeline_bf16_vs_model_only_bf16": ("pipeline_bf16", "model_only_bf16"),
-    "pipeline_bf16_inline_decode_vs_model_only_bf16": ("pipeline_bf16_inline_decode", "model_only_bf16"),
+    "pipeline_bf16_worker_process_vs_model_only_bf16": ("pipeline_bf16_worker_process", "model_only_bf16"),
     "pipeline_bf16_vs_naive_fp32": ("pipeline_bf16", "naive_fp32"),
 }
 
@@ -114,14 +114,15 @@ def ratio(runs: dict[str, list[float]], a: str, b: str) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="96 images, 1 round")
-    ap.add_argument("--images", type=int, help="collection size (default 256, quick 96)")
+    ap.add_argument("--quick", action="store_true", help="64 images, 2 rounds")
+    ap.add_argument("--images", type=int, help="collection size (default 96, quick 64)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--rounds", type=int, help="default 3, quick 1")
+    ap.add_argument("--rounds", type=int, help="default 8, quick 2 (short rounds: noise from other processes "
+                                                "then hits every variant alike)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (default: all cores)")
     args = ap.parse_args(argv)
-    n = args.images or (96 if args.quick else 256)
-    rounds = args.rounds or (1 if args.quick else 3)
+    n = args.images or (64 if args.quick else 96)
+    rounds = args.rounds or (2 if args.quick else 8)
 
     from clipsearch.encoder import TorchClipEncoder
 
@@ -133,13 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
         enc.encode_pixels(np.zeros((2, 3, 224, 224), dtype=np.float32))  # warm-up
     variants = {
         "model_only_fp32": lambda: (model_only(fp32, n, args.batch), None),
-        "pipeline_fp32": lambda: pipeline(fp32, folder, args.batch, workers=1),
-        "pipeline_fp32_worker_nice0": lambda: pipeline(fp32, folder, args.batch, workers=1, nice=0),
-        "pipeline_fp32_inline_decode": lambda: pipeline(fp32, folder, args.batch, workers=0),
+        "pipeline_fp32": lambda: pipeline(fp32, folder, args.batch, workers=0),  # the CPU default
+        "pipeline_fp32_worker_process": lambda: pipeline(fp32, folder, args.batch, workers=1),
         "naive_fp32": lambda: (naive(fp32, folder), None),
         "model_only_bf16": lambda: (model_only(bf16, n, args.batch), None),
-        "pipeline_bf16": lambda: pipeline(bf16, folder, args.batch, workers=1),
-        "pipeline_bf16_inline_decode": lambda: pipeline(bf16, folder, args.batch, workers=0),
+        "pipeline_bf16": lambda: pipeline(bf16, folder, args.batch, workers=0),
+        "pipeline_bf16_worker_process": lambda: pipeline(bf16, folder, args.batch, workers=1),
     }
     runs: dict[str, list[float]] = {k: [] for k in variants}
     stages = {}

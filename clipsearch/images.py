@@ -7,6 +7,7 @@ batch job can skip and report the file.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -83,8 +84,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _pixels_from(exc: Exception) -> int:
-    digits = [int(tok) for tok in str(exc).replace(",", " ").split() if tok.isdigit()]
-    return digits[0] if digits else 0
+    """The image's pixel count from Pillow's "Image size (N pixels) exceeds limit of M pixels"."""
+    numbers = re.findall(r"\d+", str(exc).replace(",", ""))
+    return int(numbers[0]) if numbers else 0
 
 
 def read_image_file(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

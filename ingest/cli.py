@@ -18,12 +18,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from ingest.decode import DecodeLimits
 from ingest.download import RetryPolicy
 from ingest.progress import Progress, Summary
+
+if TYPE_CHECKING:  # the pipeline imports the encoder; --help should not
+    from ingest.pipeline import Pipeline
 
 EXAMPLES = """examples:
   python -m ingest unsplash --limit 500            # a quick sample of Unsplash Lite
@@ -56,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("faiss", "opensearch"),
                    help="faiss: the embedded index (default, or BACKEND); opensearch: OPENSEARCH_URL / OPENSEARCH_INDEX")
     g.add_argument("--cache-dir", default="data/embeddings", metavar="DIR",
-                   help="embedding cache, one subdirectory per model (default: %(default)s)")
+                   help="embedding cache, one subdirectory per model, and the folder source's incremental "
+                        "state (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true",
                    help="do not read or write the embedding cache (a resumed run re-encodes what was not saved)")
     g = common.add_argument_group("pipeline")
     g.add_argument("--batch-size", type=_positive, help="images per forward pass (default: 32 on CPU, 256 on CUDA)")
     g.add_argument("--decode-workers", type=_non_negative,
-                   help="decode + preprocess worker processes; 0 = a thread in this process "
-                        "(default: 1 per 8 cores on CPU, cores - 1 up to 16 on CUDA)")
+                   help="decode + preprocess worker processes; 0 = in this process between batches "
+                        "(default: 0 on CPU, where the model uses every core; cores - 1 up to 16 on CUDA)")
     g.add_argument("--prefetch", type=_positive, help="images decoded ahead of the encoder (default: 4 batches)")
     g.add_argument("--threads", type=_positive, help="torch CPU threads (default: TORCH_THREADS or all cores)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -150,9 +155,11 @@ def _pipeline_options(args, settings: Settings, device: str):
     cpus = os.cpu_count() or 2
     workers = args.decode_workers
     if workers is None:
-        # On CPU the model needs every core and decoding is ~15x cheaper than encoding: one
-        # worker keeps up. On a GPU, decoding becomes the bottleneck: give it the cores.
-        workers = max(1, min(16, cpus - 1)) if cuda else max(1, cpus // 8)
+        # On CPU the model's threads already use every core: a decode worker beside them only
+        # preempts them (measured on 2 cores: 0.74-0.80 of model-only throughput with a worker
+        # process, ~1.0 decoding in between batches; bench/ingest_bench.py). On a GPU the CPU is
+        # free and decoding becomes the bottleneck: give it the cores.
+        workers = max(1, min(16, cpus - 1)) if cuda else 0
     return PipelineOptions(
         batch_size=args.batch_size or (256 if cuda else 32),
         decode_workers=workers,
@@ -180,6 +187,7 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
 
     from clipsearch.index import open_index
     from ingest.cache import EmbeddingCache, NoCache
+    from ingest.pipeline import Pipeline
 
     t0 = time.perf_counter()
     encoder = _encoder(settings, args.device, args.precision)
@@ -191,11 +199,8 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     options = _pipeline_options(args, settings, encoder.device)
     try:
         with index.loading():
-            indexed = set(index.ids())
-            if args.source == "unsplash":
-                _unsplash(args, settings, encoder, index, cache, options, summary, progress, indexed)
-            else:
-                _folder(args, settings, encoder, index, cache, options, summary, progress, indexed)
+            pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=set(index.ids()))
+            (_unsplash if args.source == "unsplash" else _folder)(args, settings, pipeline)
         summary.index_count = index.count()
     finally:
         cache.close()
@@ -204,8 +209,7 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     return summary
 
 
-def _unsplash(args, settings, encoder, index, cache, options, summary, progress, indexed) -> None:
-    from ingest.pipeline import Pipeline
+def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:
     from ingest.sources import unsplash
 
     opts = unsplash.UnsplashOptions(
@@ -214,21 +218,20 @@ def _unsplash(args, settings, encoder, index, cache, options, summary, progress,
         max_image_bytes=args.max_bytes,
     )
     t0 = time.perf_counter()
-    items = unsplash.collect(opts, indexed, summary, progress)
-    summary.add_time("download", time.perf_counter() - t0)
-    pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=indexed)
+    items = unsplash.collect(opts, pipeline.indexed_ids, pipeline.summary, pipeline.progress)
+    pipeline.summary.add_time("download", time.perf_counter() - t0)
     pipeline.run(items)
     pipeline.save()
 
 
-def _folder(args, settings, encoder, index, cache, options, summary, progress, indexed) -> None:
-    from ingest.pipeline import Pipeline
+def _folder(args, settings: Settings, pipeline: Pipeline) -> None:
     from ingest.sources import folder
 
+    summary = pipeline.summary
     root = folder.resolve_root(args.path)
     state = folder.FolderState.for_index(Path(args.cache_dir) / "state", root, _index_location(settings))
     t0 = time.perf_counter()
-    fplan = folder.plan(root, state, indexed)
+    fplan = folder.plan(root, state, pipeline.indexed_ids)
     summary.add_time("scan", time.perf_counter() - t0)
     summary.found = len(fplan.stats)
     if fplan.unchanged:
@@ -237,11 +240,11 @@ def _folder(args, settings, encoder, index, cache, options, summary, progress, i
     def record(done: dict[str, str]) -> None:  # after each index save: the state never runs ahead
         state.save(folder.current_files(fplan, done))
 
-    pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=indexed, on_save=record)
+    pipeline.on_save = record
     done = pipeline.run(fplan.items)
     stale = folder.stale_ids(state, fplan, done)
     if stale:
-        summary.deleted = index.delete(sorted(stale))
+        summary.deleted = pipeline.index.delete(sorted(stale))
     pipeline.save()
 
 

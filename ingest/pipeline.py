@@ -1,8 +1,10 @@
 """The ingest pipeline: read -> decode + preprocess (workers, prefetch) -> encode (batched) -> write.
 
 Each stage is a small method; the runner (`Pipeline.run`) keeps up to `prefetch` images in the
-decode workers while the model encodes the previous batch, so on CPU the model (the slowest
-stage by far) never waits for pixels, and times every stage into the run's summary.
+decode worker processes while the model encodes the previous batch, so the model never waits
+for pixels, and times every stage into the run's summary. (On a CPU-only machine the model's
+threads already fill every core, so by default decoding runs in this process between batches:
+a worker beside them only preempts them. With a GPU the workers are what keeps it fed.)
 
 Resuming: every encoded batch goes to the embedding cache (fsynced) before the index, and the
 index is saved every `save_every` batches. A run killed at any point and started again finds
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
@@ -46,7 +49,7 @@ class Item:
 @dataclass
 class PipelineOptions:
     batch_size: int = 32
-    decode_workers: int = 1  # worker processes; 0 = one thread in this process
+    decode_workers: int = 0  # worker processes; 0 = decode in this process, between batches
     prefetch: int | None = None  # images read ahead of the encoder; default 4 batches
     chunk: int = 4  # images per worker task: fewer round trips through the pipe
     save_every: int = 10  # save the index every N written batches
@@ -76,16 +79,28 @@ def _reread(path: Path) -> bytes:
 
 
 class _InlineExecutor(Executor):
-    """`decode_workers=0`: decode in this process when submitted, between batches. A decode
-    *thread* measured far worse on CPU (it fights the encoder's threads for the GIL and cores)."""
+    """`decode_workers=0`: decode in this process, when the runner asks for the result (so the
+    time lands in the decode stage, between batches). A decode *thread* measured far worse on
+    CPU: it fights the encoder's threads for the GIL and the cores."""
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool
-            future.set_exception(exc)
-        return future
+        return _DeferredFuture(fn, args, kwargs)
+
+
+class _DeferredFuture(Future):
+    def __init__(self, fn, args, kwargs):
+        super().__init__()
+        self._call = (fn, args, kwargs)
+
+    def result(self, timeout=None):
+        if self._call is not None:
+            fn, args, kwargs = self._call
+            self._call = None
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - delivered through the future, like a pool
+                self.set_exception(exc)
+        return super().result(timeout)
 
 
 def _worker_init(nice: int) -> None:
@@ -93,6 +108,16 @@ def _worker_init(nice: int) -> None:
     # the encoder should win (a preempted OpenMP thread stalls the whole forward pass).
     if nice:
         os.nice(nice)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker blocks forever on its task queue if the main process is killed (kill -9): the
+    queue's pipe never reports EOF because the worker holds a copy of its write end. Watch the
+    parent instead and leave when it is gone (re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 class Pipeline:
@@ -125,6 +150,9 @@ class Pipeline:
     def run(self, items: Iterable[Item]) -> dict[str, str]:
         """Ingest `items`; returns item key -> document id for everything written. Does not do
         the final `save()`: the source may delete documents first."""
+        if hasattr(items, "__len__"):  # known totals give the bars an ETA
+            for stage in ("read", "decode", "encode", "index"):
+                self.progress.bar(stage, total=len(items))
         self._executor_in_use = self._executor()
         try:
             self._loop(iter(items), self._executor_in_use)
@@ -279,6 +307,9 @@ class Pipeline:
         return ok
 
     def _warm_up(self) -> None:
+        if "vision" in getattr(self.encoder, "loaded_towers", ()):  # loaded by the caller already
+            self._model_ready = True
+            return
         cfg = self.encoder.preprocess_config
         self.encoder.encode_pixels(np.zeros((1, 3, cfg.crop_height, cfg.crop_width), dtype=np.float32))
         self._model_ready = True

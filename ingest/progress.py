@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+STAGES = ("download", "read", "decode", "encode", "write", "save")
+
+
 class Progress:
     """One tqdm bar per stage, created on first use. Silent when quiet or not on a terminal."""
 
@@ -62,7 +65,9 @@ class Summary:
 
     @property
     def slowest_stage(self) -> str | None:
-        busy = {k: v for k, v in self.stage_seconds.items() if not k.endswith("_wait")}
+        """The pipeline stage that took longest (one-off setup such as opening the index or
+        loading the model is timed too, but is not a stage)."""
+        busy = {k: v for k, v in self.stage_seconds.items() if k in STAGES}
         return max(busy, key=busy.get) if busy else None
 
     def failure_reasons(self) -> Counter:

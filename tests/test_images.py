@@ -59,6 +59,7 @@ def test_decompression_bombs_are_refused_from_the_header(side):
     with pytest.raises(ImageTooLarge) as err:
         decode_image(_png_header_only(side, side), max_pixels=40_000_000)
     assert isinstance(err.value, TooLarge) and "pixels" in str(err.value)
+    assert err.value.size == side * side  # the image's own size, not Pillow's limit
 
 
 def test_real_bomb_small_file_many_pixels():

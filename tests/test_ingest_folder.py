@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from clipsearch.images import decode_image
@@ -159,14 +160,15 @@ def test_usage_errors(env, tmp_path, capsys):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_kill_then_resume(env, tmp_path):
-    """kill -9 mid-run (decode workers as processes, the default); the rerun completes with one
-    document per image, none lost, none twice."""
+    """kill -9 mid-run (with a decode worker process); the rerun completes with one document per
+    image, none lost, none twice, and the worker does not outlive its killed parent."""
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(30):
         (folder / f"img{i:02d}.jpg").write_bytes(make_image(2000 + i, size=(96, 64)))
     cmd = [sys.executable, "-m", "ingest", "folder", str(folder), "--index", str(tmp_path / "idx"),
-           "--cache-dir", str(tmp_path / "cache"), "--quiet", "--batch-size", "2", "--save-every", "2"]
+           "--cache-dir", str(tmp_path / "cache"), "--quiet", "--batch-size", "2", "--save-every", "2",
+           "--decode-workers", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd + ["--batch-delay", "0.25"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -177,12 +179,16 @@ def test_kill_then_resume(env, tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()
+        helpers = psutil.Process(proc.pid).children(recursive=True)  # decode worker, resource tracker
+        assert helpers
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     saved = FaissIndex.load(tmp_path / "idx").count()
     assert 0 < saved < 30  # really killed mid-run
+    _, alive = psutil.wait_procs(helpers, timeout=5)
+    assert not alive, f"orphaned after kill -9: {[p.cmdline() for p in alive]}"
 
     out = subprocess.run(cmd + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

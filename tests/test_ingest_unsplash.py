@@ -59,7 +59,7 @@ def test_metadata_leaves_missing_fields_out():
 
 # photo index -> behaviours, one per request (the last repeats)
 FAULTS = {2: ["404"], 3: ["500", "ok"], 4: ["slow", "ok"], 5: ["truncated", "ok"], 6: ["html"],
-          7: ["truncated"], 8: ["500", "503", "ok"]}
+          7: ["truncated"], 8: ["500", "503", "ok"], 9: ["429", "ok"]}
 FAILING = {2: "http_404", 6: "not_an_image", 7: ("connection", "truncated")}
 
 
@@ -69,7 +69,8 @@ def test_download_faults_then_idempotent_rerun(env, tmp_path):
         ids = server.add_photos(10, FAULTS)
         bad_id_line = "not a valid id!\thttps://x\t" + "\t" * 25
         extra_cols = "\t".join(["zz9"] + ["x"] * 40)
-        server.set_archive(ids, extra_lines=[bad_id_line, extra_cols])
+        refused = photo_row("refused1", "http://127.0.0.1:1", 0)  # nothing listens on port 1
+        server.set_archive(ids, extra_lines=[bad_id_line, extra_cols, "\t".join(refused.values())])
         summary = execute(args(server, tmp_path))
 
         good = [p for i, p in enumerate(ids) if i not in FAILING]
@@ -77,12 +78,14 @@ def test_download_faults_then_idempotent_rerun(env, tmp_path):
         for i, code in FAILING.items():
             assert failed[ids[i]].startswith(code), failed
         assert sum(r.startswith("malformed_row") for r in failed.values()) == 2
-        assert len(failed) == len(FAILING) + 2
-        assert (summary.found, summary.downloaded, summary.encoded, summary.indexed) == (10, 7, 7, 7)
+        assert failed["refused1"].startswith("connection") and "3 attempts" in failed["refused1"]
+        assert len(failed) == len(FAILING) + 3
+        assert (summary.found, summary.downloaded, summary.encoded, summary.indexed) == (11, 7, 7, 7)
         assert server.requests[f"/photos/{ids[8]}"] == 3  # two 5xx retried, then the image
         assert server.requests[f"/photos/{ids[4]}"] == 2  # timed out once, retried
         assert server.requests[f"/photos/{ids[7]}"] == 3  # truncated every time: 1 + 2 retries
         assert server.requests[f"/photos/{ids[2]}"] == 1  # a 404 is not retried
+        assert server.requests[f"/photos/{ids[9]}"] == 2  # 429, Retry-After honoured, then the image
         assert all(server.widths[p] == "480" for p in ids)
 
         images = tmp_path / "unsplash" / "images"
@@ -178,3 +181,27 @@ def test_kill_during_encode_then_resume(env, tmp_path, tiny_model_dir):
         assert summary["downloaded"] == 0  # every image was already on disk
         index = FaissIndex.load(tmp_path / "idx")
         assert index.count() == 24 and sorted(index.ids()) == sorted(ids)
+
+
+def test_archive_with_several_photo_files(tmp_path):
+    import zipfile
+
+    from ingest.sources.unsplash import read_photos
+    from unsplash_server import COLUMNS
+
+    def tsv(rows):
+        return "\n".join(["\t".join(COLUMNS)] + ["\t".join(r[c] for c in COLUMNS) for r in rows]) + "\n"
+
+    rows = [photo_row(f"id{i}", "https://images.example", i) for i in range(5)]
+    archive = tmp_path / "full.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("photos.tsv001", tsv(rows[3:] + rows[:1]))  # id0 again: one photo, once
+        zf.writestr("photos.tsv000", tsv(rows[:3]))
+        zf.writestr("keywords.tsv000", "photo_id\tkeyword\n")
+    failures: list = []
+    assert [p.id for p in read_photos(archive, 480, None, failures)] == ["id0", "id1", "id2", "id3", "id4"]
+    assert [p.id for p in read_photos(archive, 480, 4, failures)] == ["id0", "id1", "id2", "id3"]
+    assert failures == []
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(Exception, match="not a readable zip archive"):
+        read_photos(tmp_path / "bad.zip", 480, None, failures)

@@ -7,6 +7,7 @@ list of behaviours consumed one request at a time, the last one repeating:
     "ok"         the JPEG                 "404"  Not Found
     "500"        Internal Server Error    "html" an HTML page with status 200, text/html
     "slow"       sleep `slow_seconds`, then the JPEG (the client should time out and retry)
+    "429"        Too Many Requests with Retry-After: 0
     "truncated"  Content-Length of the whole JPEG, half of it sent, connection closed
 """
 
@@ -128,6 +129,11 @@ class FakeUnsplash:
                     elif action == "truncated":
                         self._send(200, body[: len(body) // 2], "image/jpeg", length=len(body))
                         self.close_connection = True
+                    elif action == "429":
+                        self.send_response(429)
+                        self.send_header("Retry-After", "0")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                     elif action == "html":
                         self._send(200, b"<html><body>Rate limit exceeded</body></html>", "text/html; charset=utf-8")
                     else:

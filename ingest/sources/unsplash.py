@@ -127,21 +127,29 @@ def read_photos(archive: Path, width: int, limit: int | None, failures: list[tup
     except (zipfile.BadZipFile, OSError) as exc:
         raise IngestError(f"{archive} is not a readable zip archive ({exc}): delete it to download it again") from None
     with zf:
-        name = next((n for n in zf.namelist() if n.rsplit("/", 1)[-1] == PHOTOS_TSV), None)
-        if name is None:
+        # Lite has one photos.tsv000; the Full dataset splits it (photos.tsv000, 001, ...), each
+        # with its header row.
+        names = sorted(n for n in zf.namelist() if re.fullmatch(r"photos\.tsv\d{3}", n.rsplit("/", 1)[-1]))
+        if not names:
             raise IngestError(f"{archive} has no {PHOTOS_TSV}: is --dataset-url an Unsplash dataset archive?")
-        with zf.open(name) as raw:
-            return list(_parse_rows(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""),
-                                    width, limit, failures))
+        photos: list[Photo] = []
+        seen: set[str] = set()
+        for name in names:
+            remaining = None if limit is None else limit - len(photos)
+            if remaining == 0:
+                break
+            with zf.open(name) as raw:
+                text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+                photos.extend(_parse_rows(text, width, remaining, failures, seen))
+        return photos
 
 
-def _parse_rows(text, width: int, limit: int | None, failures: list[tuple[str, str]]) -> Iterator[Photo]:
+def _parse_rows(text, width: int, limit: int | None, failures: list[tuple[str, str]], seen: set[str]) -> Iterator[Photo]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     # The dataset is plain TSV without quoting: a description starting with '"' is text.
     reader = csv.DictReader(text, delimiter="\t", quoting=csv.QUOTE_NONE)
     if not reader.fieldnames or "photo_id" not in reader.fieldnames or "photo_image_url" not in reader.fieldnames:
         raise IngestError(f"{PHOTOS_TSV} has no photo_id/photo_image_url header: got {reader.fieldnames!r}")
-    seen: set[str] = set()
     count = 0
     for line_no, row in enumerate(reader, start=2):
         if limit is not None and count >= limit:

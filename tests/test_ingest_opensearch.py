@@ -1,0 +1,70 @@
+"""Ingest into the strict fake OpenSearch (tests/fake_opensearch.py): the embedding cache makes a
+second backend cost no downloads and no encoding; folder deletions reach OpenSearch too."""
+
+from __future__ import annotations
+
+import shutil
+
+import os
+
+import numpy as np
+import pytest
+
+from clipsearch.config import Settings
+from clipsearch.index import open_index
+from clipsearch.index.faiss_index import FaissIndex
+from ingest.cli import execute
+from unsplash_server import FakeUnsplash
+
+
+@pytest.fixture
+def env(monkeypatch, fake_opensearch, tiny_model_dir):
+    from clipsearch.index.opensearch_client import clear_cache
+
+    for k, v in {"OPENSEARCH_URL": fake_opensearch.url, "OPENSEARCH_INDEX": "photos", "OPENSEARCH_REPLICAS": "0",
+                 "MODEL_PATH": str(tiny_model_dir), "MODEL_ID": "clipsearch/tiny-test", "TORCH_THREADS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("BACKEND", raising=False)
+    clear_cache()
+    yield
+    clear_cache()
+
+
+@pytest.mark.e2e
+def test_unsplash_into_faiss_then_opensearch_from_the_cache(env, fake_opensearch, tmp_path):
+    with FakeUnsplash() as server:
+        ids = server.add_photos(6, {5: ["404"]})
+        server.set_archive(ids)
+        common = ["unsplash", "--dataset-url", f"{server.url}/lite.zip", "--data-dir", str(tmp_path / "u"),
+                  "--cache-dir", str(tmp_path / "cache"), "--quiet", "--decode-workers", "0", "--batch-size", "2",
+                  "--retries", "0"]
+        first = execute(common + ["--index", str(tmp_path / "idx")])
+        assert (first.encoded, first.indexed, len(first.failed)) == (5, 5, 1)
+        downloads = sum(server.requests.values())
+
+        into_os = execute(common + ["--backend", "opensearch"])
+        assert (into_os.downloaded, into_os.encoded, into_os.from_cache, into_os.indexed) == (0, 0, 5, 5)
+        assert into_os.index_count == 5
+        assert sum(server.requests.values()) == downloads + 1  # only the 404 was asked again
+
+        again = execute(common + ["--backend", "opensearch"])
+        assert (again.encoded, again.indexed) == (0, 0) and again.skipped["already indexed"] == 5
+
+    faiss = FaissIndex.load(tmp_path / "idx")
+    remote = open_index(Settings.from_env(dict(os.environ, BACKEND="opensearch")))
+    assert sorted(remote.ids()) == sorted(faiss.ids())
+    for doc_id in faiss.ids():
+        a, b = faiss.get(doc_id), remote.get(doc_id)
+        assert a.metadata == b.metadata
+        np.testing.assert_allclose(a.vector, b.vector, atol=1e-6)
+
+
+def test_folder_deletions_reach_opensearch(env, fake_opensearch, photo_folder, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    argv = ["folder", str(folder), "--backend", "opensearch", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+            "--decode-workers", "0"]
+    assert execute(argv).indexed == 12
+    next(folder.rglob("*.png")).unlink()
+    second = execute(argv)
+    assert (second.deleted, second.encoded, second.skipped["unchanged"], second.index_count) == (1, 0, 11, 11)
