@@ -27,6 +27,22 @@ from clipsearch.preprocess import PreprocessConfig, preprocess_images
 MANIFEST = "clipsearch_model.json"  # same name as export_onnx.MANIFEST, which imports torch lazily
 
 
+def read_manifest(path: Path) -> dict:
+    """The export's manifest, or a FileNotFoundError saying how to make one."""
+    file = path / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not an ONNX export (no {MANIFEST}): create one with "
+            f"`python -m clipsearch.export_onnx SOURCE {path}` and point ONNX_PATH at it")
+    try:
+        manifest = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != "onnx" or not {"model_id", "dim", "towers"} <= set(manifest):
+        raise FileNotFoundError(f"{file} does not describe an ONNX export: re-run clipsearch.export_onnx")
+    return manifest
+
+
 class OnnxClipEncoder:
     """The `Encoder` interface over ONNX Runtime sessions; the image tower's session loads lazily."""
 
@@ -39,17 +55,7 @@ class OnnxClipEncoder:
         text_int8: bool = False,
     ):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(
-                f"{self.path} is not an ONNX export (no {MANIFEST}): create one with "
-                f"`python -m clipsearch.export_onnx SOURCE {self.path}` and point ONNX_PATH at it")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except (ValueError, UnicodeDecodeError):
-            self.manifest = {}
-        if not isinstance(self.manifest, dict) or self.manifest.get("format") != "onnx" or "towers" not in self.manifest:
-            raise FileNotFoundError(f"{manifest_path} does not describe an ONNX export: re-run clipsearch.export_onnx")
+        self.manifest = read_manifest(self.path)
         self.model_id: str = self.manifest["model_id"]
         self._dim = int(self.manifest["dim"])
         self.threads = threads

@@ -259,7 +259,7 @@ def test_missing_or_incomplete_exports_say_how_to_fix(onnx_dir, tiny_model_dir, 
         OnnxClipEncoder(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="not describe an ONNX export"):
         OnnxClipEncoder(tiny_model_dir)  # a torch checkpoint's manifest
-    for garbage in ("{not json", "[1, 2]", '{"format": "onnx"}'):
+    for garbage in ("{not json", "[1, 2]", '{"format": "onnx"}', '{"format": "onnx", "towers": {}, "dim": 16}', "\xff"):
         broken = tmp_path / "broken"
         broken.mkdir(exist_ok=True)
         (broken / "clipsearch_model.json").write_text(garbage)
