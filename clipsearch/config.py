@@ -45,6 +45,7 @@ class Settings:
     model_path: str | None = None
     encoder: str = "torch"  # "torch" | "onnx"
     onnx_path: str | None = None
+    onnx_text_int8: bool = False  # the ONNX encoder's int8 text tower (export with --int8-text)
     threads: int | None = None
     backend: str = "faiss"  # "faiss" | "opensearch"
     index_path: str = "data/index"
@@ -96,6 +97,7 @@ class Settings:
             model_path=get("MODEL_PATH"),
             encoder=get("ENCODER", "torch").lower(),
             onnx_path=get("ONNX_PATH"),
+            onnx_text_int8=_bool(env, "ONNX_TEXT_INT8", False),
             threads=threads,
             backend=get("BACKEND", "faiss").lower(),
             index_path=get("INDEX_PATH", "data/index"),

@@ -207,7 +207,8 @@ def load_encoder(settings, *, load: Sequence[str] = ("text",), **kwargs) -> Enco
     if settings.encoder == "onnx":
         from clipsearch.encoder_onnx import OnnxClipEncoder  # no torch import on this path
 
-        return OnnxClipEncoder(settings.onnx_path or settings.model_source, load=load, threads=settings.threads)
+        return OnnxClipEncoder(settings.onnx_path or settings.model_source, load=load, threads=settings.threads,
+                               text_int8=settings.onnx_text_int8)
     if settings.encoder != "torch":
         raise ValueError(f"ENCODER must be 'torch' or 'onnx', got {settings.encoder!r}")
     explicit = settings.model_id if settings.model_path else None
