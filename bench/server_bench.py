@@ -3,7 +3,7 @@
     python -m bench.server_bench [--quick]
 
 ViT-B/32-sized random-weight model, a 25k-vector embedded index (clustered unit vectors recorded
-with that model's id). Measures: cold start (emulator process start to the first text answer,
+with that model's id), the torch encoder and the ONNX one (`--encoders`). Measures: cold start (emulator process start to the first text answer,
 init included), warm text query latency end to end through the emulator (distinct queries, so
 the embedding cache does not answer) and with the cache answering, warm image query latency,
 and the peak RSS of the runtime (awslambdaric) process with only the text tower, then after
@@ -21,6 +21,7 @@ import os
 import random
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -136,26 +137,25 @@ def cold_start(env: dict, log: Path) -> float:
         stack.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer cold starts and queries")
-    args = ap.parse_args(argv)
+def onnx_dir(model: Path) -> Path:
+    """The model exported to ONNX (fp32 text and vision towers), cached."""
+    from clipsearch.export_onnx import export
+
+    path = CACHE / "server-bench-onnx-vit-b-32"
+    if not (path / "clipsearch_model.json").is_file():
+        print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
+        export(str(model), path)
+    return path
+
+
+def measure(env: dict, n_cold: int, text_queries: list[str], n_image: int, log: Path) -> dict:
+    """Every figure for one encoder configuration, through the emulator."""
     from server.local import LocalStack
 
-    model = vit_b32_dir()
-    index = index_dir(model)
-    env = {"MODEL_PATH": str(model), "INDEX_PATH": str(index), "HF_HUB_OFFLINE": "1"}
-    n_cold, n_text, n_image = (3, 150, 15) if args.quick else (5, 500, 40)
-    log = Path(tempfile.mkdtemp(prefix="server-bench-")) / "stack.log"
-
-    load_before = os.getloadavg()
-    text_queries = phrases(n_text, seed=1)
-    bare = bare_encoder_ms(model, text_queries)
-    print(f"bare encoder, same queries, this process: p50 {np.percentile(bare, 50):.1f} ms", flush=True)
+    log.write_text("")
     colds = [cold_start(env, log) for _ in range(n_cold)]
     init_ms = [json.loads(line)["ms"] for line in log.read_text().splitlines() if line.startswith('{"event": "init"')]
-    print(f"cold start (process start -> first text answer): {[round(c, 2) for c in colds]} s", flush=True)
-
+    print(f"  cold start (process start -> first text answer): {[round(c, 2) for c in colds]} s", flush=True)
     with LocalStack(env=env, log=log) as stack:
         proc = stack.runtime_process()
         for q in phrases(10, seed=99):  # warm-up: first calls pay for lazy allocations
@@ -169,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             search_ms.append(body["took_ms"]["search"])
         cached_ms = [timed_invoke(stack, {"query": "two dogs", "input_type": "text"})[0] for _ in range(100)]
         gateway_ms = []
-        import urllib.request
-
         for q in phrases(50, seed=2):
             req = urllib.request.Request(stack.search_url, json.dumps({"query": q, "input_type": "text"}).encode(),
                                          {"Content-Type": "application/json"})
@@ -181,25 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         first_image_ms = timed_invoke(stack, {"query": jpeg(0), "input_type": "image"})[0]
         image_ms = [timed_invoke(stack, {"query": jpeg(i + 1), "input_type": "image"})[0] for i in range(n_image)]
         rss_image = peak_rss_mb(proc)
-
     figures = {
-        "model": "random ViT-B/32 (clipsearch/random-vit-b-32)", "index": {"count": N_DOCS, "type": "flat"},
-        "path": "direct invocation through the Lambda emulator (awslambdaric + handler), client-side wall clock",
         "cold_start_s": {"median": round(float(np.median(colds)), 3), "runs": [round(c, 3) for c in colds],
                          "function_init_ms_median": round(float(np.median(init_ms)), 1) if init_ms else None},
         "warm_text": pct(np.array(text_ms)),
         "warm_text_in_handler": pct(np.array(text_server_ms)),
         "warm_text_encode": pct(np.array(encode_ms)),
         "warm_text_search": pct(np.array(search_ms)),
-        "bare_encoder_same_queries": pct(bare),
-        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "warm_text_cached": pct(np.array(cached_ms)),
         "warm_text_via_gateway": pct(np.array(gateway_ms)),
         "first_image_query_ms": round(first_image_ms, 1),
         "warm_image": pct(np.array(image_ms)),
         "peak_rss_text_only_mb": rss_text,
         "peak_rss_after_image_mb": rss_image,
-        "targets": TARGETS,
     }
     figures["meets_targets"] = {
         "text_p50": figures["warm_text"]["p50_ms"] <= TARGETS["text_p50_ms"],
@@ -207,6 +199,38 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start": figures["cold_start_s"]["median"] <= TARGETS["cold_start_s"],
         "text_only_rss": rss_text <= TARGETS["text_only_peak_rss_mb"],
     }
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer cold starts and queries")
+    ap.add_argument("--encoders", default="torch,onnx", help="which encoders to measure (default torch,onnx)")
+    args = ap.parse_args(argv)
+
+    model = vit_b32_dir()
+    index = index_dir(model)
+    base = {"MODEL_PATH": str(model), "INDEX_PATH": str(index), "HF_HUB_OFFLINE": "1"}
+    variants = {"torch": {**base, "ENCODER": "torch"}}
+    if "onnx" in args.encoders:
+        variants["onnx"] = {**base, "ENCODER": "onnx", "ONNX_PATH": str(onnx_dir(model))}
+    variants = {k: v for k, v in variants.items() if k in args.encoders.split(",")}
+    n_cold, n_text, n_image = (3, 150, 15) if args.quick else (5, 500, 40)
+    log = Path(tempfile.mkdtemp(prefix="server-bench-")) / "stack.log"
+
+    load_before = os.getloadavg()
+    text_queries = phrases(n_text, seed=1)
+    bare = bare_encoder_ms(model, text_queries)
+    print(f"bare torch encoder, same queries, this process: p50 {np.percentile(bare, 50):.1f} ms", flush=True)
+    figures: dict = {
+        "model": "random ViT-B/32 (clipsearch/random-vit-b-32)", "index": {"count": N_DOCS, "type": "flat"},
+        "path": "direct invocation through the Lambda emulator (awslambdaric + handler), client-side wall clock",
+        "targets": TARGETS, "bare_torch_encoder_same_queries": pct(bare),
+    }
+    for name, env in variants.items():
+        print(f"encoder {name}:", flush=True)
+        figures[name] = measure(env, n_cold, text_queries, n_image, log)
+    figures["load_average_1m"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
     print(json.dumps(figures, indent=2))
     write_results("server", figures)
     return 0
