@@ -8,6 +8,9 @@ route. Requests over 10 MB get 413, API Gateway's payload limit.
 
 The emulator runs one invocation at a time and crashes (a Go nil-pointer panic) when a second
 arrives while one runs, so `Invoker` sends it one at a time: a function with a concurrency of one.
+Every caller goes through the same `Invoker`: the gateway, and `InvokeFront`, which serves the
+emulator's own invocation URL (port 9000) in front of it, so a `curl` there while the front-end
+is searching waits its turn instead of crashing the emulator.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import base64
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 API_GATEWAY_TIMEOUT_S = 29.0
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+MAX_INVOKE_BYTES = 6 * 1024 * 1024  # Lambda's limit for a synchronous invocation's payload
 BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")  # as the template declares
 
 
@@ -83,6 +88,18 @@ class Invoker:
         with urllib.request.urlopen(req, timeout=self.call_timeout_s) as resp:
             return json.loads(resp.read())
 
+    def submit_raw(self, payload: bytes) -> Future:
+        """Send `payload` as it is (a direct invocation); the future gives (status, content type, body)."""
+        return self._pool.submit(self._post_raw, payload)
+
+    def _post_raw(self, payload: bytes) -> tuple[int, str, bytes]:
+        req = urllib.request.Request(self.invoke_url, data=payload, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.call_timeout_s) as resp:
+                return resp.status, resp.headers.get("Content-Type", "application/json"), resp.read()
+        except urllib.error.HTTPError as err:  # the emulator's own 4xx/5xx: pass it on
+            return err.code, err.headers.get("Content-Type", "application/json"), err.read()
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -138,15 +155,16 @@ def proxy_reply(out: Any) -> tuple[int, dict[str, str], bytes]:
     return out["statusCode"], headers, data
 
 
-class _GatewayHandler(BaseHTTPRequestHandler):
-    server: Gateway
+class _Handler(BaseHTTPRequestHandler):
+    """What the gateway and the invocation front share: HTTP/1.1 keep-alive, quiet, one reply."""
+
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client's delayed ACK
+    # holds the second for ~40 ms on every request.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass  # the function logs every request; the gateway stays quiet
-
-    def _event(self, method: str, body: bytes = b"") -> dict[str, Any]:
-        return rest_event(method, self.path, {k: v for k, v in self.headers.items()}, body, self.client_address[0])
+        pass  # the function logs every request; the local plumbing stays quiet
 
     def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
@@ -158,27 +176,80 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _route(self) -> str | None:
-        return urlsplit(self.path).path.rstrip("/") or "/"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        if self._route() != "/search":
-            return self._reply(404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
+    def _read_body(self, limit: int, too_large: bytes) -> bytes | None:
+        """The request body, or None after answering 413 when it is over `limit`."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if length < 0 or length > MAX_REQUEST_BYTES:
-            remaining = length if length <= 4 * MAX_REQUEST_BYTES else 0
+        if length < 0 or length > limit:
+            remaining = length if length <= 4 * limit else 0
             while remaining > 0:  # drain it, so the client reads our 413 rather than a broken pipe
                 chunk = self.rfile.read(min(1 << 20, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
             self.close_connection = True
-            return self._reply(413, {"Content-Type": "application/json"}, b'{"message": "Request Too Long"}')
-        body = self.rfile.read(length) if length else b""
-        self._reply(*self.server.forward(self._event("POST", body)))
+            self._reply(413, {"Content-Type": "application/json"}, too_large)
+            return None
+        return self.rfile.read(length) if length else b""
+
+
+class InvokeFront(ThreadingHTTPServer):
+    """The emulator's invocation URL, served in front of it: callers queue on the shared `Invoker`.
+
+    Payloads pass through untouched (a malformed one reaches the runtime, which answers as it
+    would on Lambda); only the size limit of a synchronous invocation is checked here.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], invoker: Invoker, timeout_s: float):
+        super().__init__(address, _InvokeHandler)
+        self.invoker, self.timeout_s = invoker, timeout_s
+
+
+class _InvokeHandler(_Handler):
+    server: InvokeFront
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) != 4 or parts[:2] != ["2015-03-31", "functions"] or parts[3] != "invocations":
+            return self._reply(404, {"Content-Type": "application/json"},
+                               b'{"message": "POST /2015-03-31/functions/function/invocations"}')
+        payload = self._read_body(MAX_INVOKE_BYTES, json.dumps({
+            "Type": "User", "message": f"Request must be smaller than {MAX_INVOKE_BYTES} bytes for the "
+                                       "InvokeFunction operation"}).encode())
+        if payload is None:
+            return
+        future = self.server.invoker.submit_raw(payload)
+        try:
+            status, ctype, body = future.result(timeout=self.server.timeout_s)
+        except FutureTimeout:
+            future.cancel()  # still queued behind a long invocation: never send it
+            return self._reply(504, {"Content-Type": "application/json"},
+                               b'{"message": "the function did not answer in time"}')
+        except OSError as exc:
+            return self._reply(502, {"Content-Type": "application/json"},
+                               json.dumps({"message": f"the emulator did not answer: {exc}"}).encode())
+        self._reply(status, {"Content-Type": ctype}, body)
+
+
+class _GatewayHandler(_Handler):
+    server: Gateway
+
+    def _event(self, method: str, body: bytes = b"") -> dict[str, Any]:
+        return rest_event(method, self.path, {k: v for k, v in self.headers.items()}, body, self.client_address[0])
+
+    def _route(self) -> str | None:
+        return urlsplit(self.path).path.rstrip("/") or "/"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        if self._route() != "/search":
+            return self._reply(404, {"Content-Type": "application/json"}, b'{"message": "Not Found"}')
+        body = self._read_body(MAX_REQUEST_BYTES, b'{"message": "Request Too Long"}')
+        if body is not None:
+            self._reply(*self.server.forward(self._event("POST", body)))
 
     def do_OPTIONS(self) -> None:  # noqa: N802
         if self._route() != "/search":

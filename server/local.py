@@ -11,8 +11,9 @@ the function's statusCode/headers/body, or 504 `{"message": "Endpoint request ti
 29 s, as API Gateway does. `GET /health` is 200 once the function answers and is initialised.
 
 The emulator runs one invocation at a time and *crashes* (a Go nil-pointer panic) when a second
-arrives while one is running, so the gateway (server/gateway.py) sends it one at a time, as a
-function with a concurrency of one; do not fire parallel requests at the emulator's own port.
+arrives while one is running. So it listens on an internal port, and port 9000 is served by a
+front (server/gateway.py `InvokeFront`) that queues invocations on the same one-at-a-time
+`Invoker` as the gateway: a function with a concurrency of one, whoever calls it.
 
 `LocalStack` starts both for tests and benchmarks and stops them (process group included).
 """
@@ -32,7 +33,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from server.gateway import API_GATEWAY_TIMEOUT_S, Gateway, Invoker, proxy_reply, rest_event  # noqa: F401 - re-exported
+from server.gateway import (API_GATEWAY_TIMEOUT_S, Gateway, InvokeFront, Invoker, proxy_reply,  # noqa: F401
+                            rest_event)
 
 __all__ = ["LocalStack", "Gateway", "Invoker", "proxy_reply", "rest_event", "find_rie", "main"]
 
@@ -81,7 +83,8 @@ class LocalStack:
         self.env = dict(env or {})
         self.host, self.timeout_s, self.startup_timeout_s = host, timeout_s, startup_timeout_s
         self.function_timeout_s = function_timeout_s
-        self.lambda_port = lambda_port or free_port(host)
+        self.lambda_port = lambda_port  # 0 until start() binds a free one
+        self._rie_port = 0  # the emulator's own, internal port
         self._gateway_port = gateway_port
         self.log = log
         self.rie_path = Path(rie) if rie else find_rie()
@@ -92,12 +95,17 @@ class LocalStack:
         self.started_at: float | None = None
         self.ready_status: int | None = None
         self._log_file: IO | None = None
-        self._thread: threading.Thread | None = None
+        self.front: InvokeFront | None = None
 
     # -- URLs ------------------------------------------------------------------------------
     @property
     def invoke_url(self) -> str:
         return f"http://{self.host}:{self.lambda_port}{INVOKE_PATH}"
+
+    @property
+    def rie_url(self) -> str:
+        """The emulator itself: only the shared `Invoker` may call it (one invocation at a time)."""
+        return f"http://127.0.0.1:{self._rie_port}{INVOKE_PATH}"
 
     @property
     def gateway_port(self) -> int:
@@ -125,7 +133,7 @@ class LocalStack:
 
     def command(self) -> list[str]:
         return [str(self.rie_path), "--log-level", "error",
-                "--runtime-interface-emulator-address", f"{self.host}:{self.lambda_port}",
+                "--runtime-interface-emulator-address", f"127.0.0.1:{self._rie_port}",
                 # The runtime API's default port (9001) would collide between stacks run side by side.
                 "--runtime-api-address", f"127.0.0.1:{free_port()}",
                 *self.python, "-m", "awslambdaric", "server.handler.handler"]
@@ -139,30 +147,40 @@ class LocalStack:
         return env
 
     def start(self, wait: bool = True) -> "LocalStack":
-        if isinstance(self.log, (str, Path)):
-            self._log_file = open(self.log, "ab")
-            out: Any = self._log_file
-        else:
-            out = self.log  # None: inherit our stdout
-        self.started_at = time.monotonic()
-        # Own session (so stop() can signal the emulator and the runtime as one group); on Linux,
-        # the kernel also SIGTERMs the emulator if we die without stop() (kill -9 of a test run).
-        pdeathsig = _die_with_parent if threading.current_thread() is threading.main_thread() else None
-        self.process = subprocess.Popen(self.command(), env=self.process_env(), cwd=REPO, stdout=out,
-                                        stderr=subprocess.STDOUT if out is not None else None,
-                                        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pdeathsig)
-        self.invoker = Invoker(self.invoke_url, call_timeout_s=self.function_timeout_s + 30)
-        self.gateway = Gateway((self.host, self._gateway_port), self.invoker, self.timeout_s)
-        self._gateway_port = self.gateway.server_address[1]
-        self._thread = threading.Thread(target=self.gateway.serve_forever, name="gateway", daemon=True)
-        self._thread.start()
-        if wait:
-            try:
+        try:
+            # Our ports first: one in use fails here, before any process exists.
+            self._rie_port = free_port()
+            self.invoker = Invoker(self.rie_url, call_timeout_s=self.function_timeout_s + 30)
+            self.front = self._serve(InvokeFront((self.host, self.lambda_port), self.invoker,
+                                                 self.function_timeout_s + 30), "invoke-front")
+            self.lambda_port = self.front.server_address[1]
+            self.gateway = self._serve(Gateway((self.host, self._gateway_port), self.invoker, self.timeout_s),
+                                       "gateway")
+            self._gateway_port = self.gateway.server_address[1]
+            if isinstance(self.log, (str, Path)):
+                self._log_file = open(self.log, "ab")
+                out: Any = self._log_file
+            else:
+                out = self.log  # None: inherit our stdout
+            self.started_at = time.monotonic()
+            # Own session (so stop() can signal the emulator and the runtime as one group); on Linux,
+            # the kernel also SIGTERMs the emulator if we die without stop() (kill -9 of a test run).
+            pdeathsig = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            self.process = subprocess.Popen(self.command(), env=self.process_env(), cwd=REPO, stdout=out,
+                                            stderr=subprocess.STDOUT if out is not None else None,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=pdeathsig)
+            if wait:
                 self.wait_ready()
-            except BaseException:
-                self.stop()
-                raise
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    @staticmethod
+    def _serve(server, name: str):
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        return server
 
     def wait_ready(self) -> int:
         """Block until the function answers a health invocation; returns its status (200 or 503)."""
@@ -189,10 +207,11 @@ class LocalStack:
         """Stop the processes first (no orphans whatever happens next), then the gateway."""
         if self.process is not None:
             _kill_group(self.process)
-        if self.gateway is not None:
-            self.gateway.shutdown()
-            self.gateway.server_close()
-            self.gateway = None
+        for srv in (self.front, self.gateway):
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
+        self.front = self.gateway = None
         if self.invoker is not None:
             self.invoker.close()
         if self._log_file is not None:

@@ -145,6 +145,28 @@ def test_parallel_requests_are_serialised_not_crashing_the_emulator(stack):
     assert stack.process.poll() is None
 
 
+def test_direct_invocations_beside_the_gateway_queue_rather_than_crash_the_emulator(stack):
+    """A curl on port 9000 while the front-end searches: the emulator alone panics on the overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        if i % 2:
+            status, _, raw = http(stack.invoke_url, {"query": f"dog {i}", "input_type": "text", "k": 2})
+            return status, json.loads(raw)["statusCode"]
+        return http(stack.search_url, {"query": f"cat {i}", "input_type": "text", "k": 2})[0], 200
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(24))) == [(200, 200)] * 24
+    assert stack.process.poll() is None
+
+
+def test_the_invocation_port_refuses_other_paths_and_oversized_payloads(stack):
+    assert http(stack.invoke_url.replace("invocations", "nope"), b"{}")[0] == 404
+    got, _, raw = http(stack.invoke_url, b'"' + b"x" * (6 * 1024 * 1024) + b'"')
+    assert got == 413 and b"smaller than" in raw
+    assert json.loads(http(stack.invoke_url, {"query": "dog", "input_type": "text"})[2])["statusCode"] == 200
+
+
 @pytest.mark.slow
 def test_fuzzed_http_requests_never_get_a_5xx(stack):
     from hypothesis import HealthCheck, given, settings
