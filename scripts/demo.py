@@ -101,7 +101,15 @@ def wait_http(url: str, seconds: float) -> None:
     raise SystemExit(f"nothing answered at {url} within {seconds:.0f} s")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # Ctrl-C, or a SIGTERM from a supervisor, stops the server and the UI too; explicit because a
+    # job started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     env = dict(os.environ)
     env.setdefault("INDEX_PATH", str(DATA / "index"))
     env.setdefault("HF_HUB_OFFLINE", "0")
@@ -124,6 +132,8 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in (ui, server):
             if proc and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
