@@ -82,6 +82,26 @@ def as_query_vector(vector, dim: int) -> np.ndarray:
     return q / norm
 
 
+def checked_vectors(docs: Sequence[Document], dim: int) -> np.ndarray:
+    """Validate documents for writing (ids, metadata, vectors); their L2-normalised (N, dim) vectors."""
+    for d in docs:
+        if not isinstance(d.id, str) or not d.id or len(d.id) > 512:
+            raise InvalidInput(f"document id must be a non-empty string of at most 512 characters, got {d.id!r}")
+        if not isinstance(d.metadata, dict):
+            raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
+    rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]
+    for d, row in zip(docs, rows):
+        if row.shape[0] != dim:
+            raise InvalidInput(f"document {d.id!r}: vector has {row.shape[0]} dimensions, the index has {dim}")
+    vectors = np.stack(rows)
+    if not np.all(np.isfinite(vectors)):
+        raise InvalidInput("vectors contain NaN or infinity")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise InvalidInput("a vector is all zeros")
+    return vectors / norms
+
+
 def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InvalidInput(f"k must be a positive integer, got {k!r}")

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from clipsearch.errors import IndexMissing, InvalidInput, NotFound
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
 from clipsearch.index.filters import filter_mask, parse_filters
 
 FORMAT_VERSION = 1
@@ -143,22 +143,7 @@ class FaissIndex:
         docs = list(docs)
         if not docs:
             return 0
-        for d in docs:
-            if not isinstance(d.id, str) or not d.id or len(d.id) > 512:
-                raise InvalidInput(f"document id must be a non-empty string of at most 512 characters, got {d.id!r}")
-            if not isinstance(d.metadata, dict):
-                raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
-        rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]
-        for d, row in zip(docs, rows):
-            if row.shape[0] != self.dim:
-                raise InvalidInput(f"document {d.id!r}: vector has {row.shape[0]} dimensions, the index has {self.dim}")
-        vectors = np.stack(rows)
-        if not np.all(np.isfinite(vectors)):
-            raise InvalidInput("vectors contain NaN or infinity")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if np.any(norms == 0):
-            raise InvalidInput("a vector is all zeros")
-        vectors /= norms
+        vectors = checked_vectors(docs, self.dim)
         with self._lock:
             self._columns.clear()
             for doc, vec in zip(docs, vectors):

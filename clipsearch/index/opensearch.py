@@ -25,7 +25,7 @@ from clipsearch.config import Settings
 from clipsearch.errors import (BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, ModelMismatch,
                                NotFound)
 from clipsearch.index import opensearch_mapping as om
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
 from clipsearch.index.filters import parse_filters
 from clipsearch.index.opensearch_bulk import Action, BulkWriter
 
@@ -205,28 +205,15 @@ class OpenSearchIndex:
         return len(docs)
 
     def _validate(self, docs: list[Document]) -> np.ndarray:
+        vectors = checked_vectors(docs, self.dim)
         for d in docs:
-            if not isinstance(d.id, str) or not d.id or len(d.id) > 512:
-                raise InvalidInput(f"document id must be a non-empty string of at most 512 characters, got {d.id!r}")
-            if not isinstance(d.metadata, dict):
-                raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
             if om.RESERVED & set(d.metadata):
                 raise InvalidInput(f"document {d.id!r}: metadata may not use the reserved fields {sorted(om.RESERVED)}")
             for name in om.BOOLEAN_FIELDS & set(d.metadata):
                 # ignore_malformed covers numbers, not booleans: OpenSearch would reject the document
                 if not isinstance(d.metadata[name], (bool, type(None))):
                     raise InvalidInput(f"document {d.id!r}: {name} must be true or false, got {d.metadata[name]!r}")
-        rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]
-        for d, row in zip(docs, rows):
-            if row.shape[0] != self.dim:
-                raise InvalidInput(f"document {d.id!r}: vector has {row.shape[0]} dimensions, the index has {self.dim}")
-        vectors = np.stack(rows)
-        if not np.all(np.isfinite(vectors)):
-            raise InvalidInput("vectors contain NaN or infinity")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if np.any(norms == 0):
-            raise InvalidInput("a vector is all zeros")
-        return vectors / norms
+        return vectors
 
     def delete(self, ids: Sequence[str]) -> int:
         actions = [Action("delete", self.index, i) for i in dict.fromkeys(ids)]
