@@ -40,5 +40,8 @@ demo: venv
 bench: venv
 	$(PY) -m bench
 
+lint: venv
+	$(VENV)/bin/cfn-lint infra/template.yaml
+
 clean:
 	rm -rf $(VENV) .pytest_cache
