@@ -25,6 +25,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_random_clip(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
 
 
+@pytest.fixture
+def tiny_model_env(monkeypatch, tiny_model_dir):
+    """The environment of a process using the tiny model and the default (embedded) backend."""
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    monkeypatch.delenv("BACKEND", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
     from clipsearch.encoder import TorchClipEncoder

@@ -25,14 +25,6 @@ from ingest.cli import execute, main
 
 
 @pytest.fixture
-def env(monkeypatch, tiny_model_dir):
-    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
-    monkeypatch.setenv("TORCH_THREADS", "1")
-    monkeypatch.delenv("MODEL_ID", raising=False)
-    monkeypatch.delenv("BACKEND", raising=False)
-
-
-@pytest.fixture
 def photos(photo_folder, tmp_path) -> Path:
     dest = tmp_path / "photos"
     shutil.copytree(photo_folder, dest)
@@ -56,7 +48,7 @@ def bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_folder_documents_and_vectors(env, photos, tmp_path, tiny_encoder):
+def test_folder_documents_and_vectors(tiny_model_env, photos, tmp_path, tiny_encoder):
     summary = run(photos, tmp_path)
     files = sorted(p for p in photos.rglob("*") if p.is_file())
     assert (summary.found, summary.encoded, summary.indexed, len(summary.failed)) == (12, 12, 12, 0)
@@ -71,7 +63,7 @@ def test_folder_documents_and_vectors(env, photos, tmp_path, tiny_encoder):
         np.testing.assert_allclose(doc.vector, tiny_encoder.encode_images([img])[0], atol=1e-5)
 
 
-def test_bad_files_are_skipped_and_reported(env, tmp_path):
+def test_bad_files_are_skipped_and_reported(tiny_model_env, tmp_path):
     folder = tmp_path / "mixed"
     (folder / "deep" / "er").mkdir(parents=True)
     good = {"a.jpg": make_image(1), "deep/b.png": make_image(2, fmt="PNG"), "deep/er/c.gif": make_image(3, fmt="GIF"),
@@ -102,7 +94,7 @@ def test_bad_files_are_skipped_and_reported(env, tmp_path):
     assert "FAILED" in text and "bomb.png" in text and "(4 invalid_image, 3 image_too_large)" in text
 
 
-def test_incremental_changes_deletes_moves(env, photos, tmp_path):
+def test_incremental_changes_deletes_moves(tiny_model_env, photos, tmp_path):
     first = run(photos, tmp_path)
     assert first.indexed == 12
     files = sorted(p for p in photos.rglob("*.jpg"))
@@ -132,7 +124,7 @@ def test_incremental_changes_deletes_moves(env, photos, tmp_path):
     assert third.skipped["unchanged"] == 13
 
 
-def test_touched_file_is_reread_not_reencoded_and_lost_index_is_rebuilt_from_cache(env, photos, tmp_path):
+def test_touched_file_is_reread_not_reencoded_and_lost_index_is_rebuilt_from_cache(tiny_model_env, photos, tmp_path):
     run(photos, tmp_path)
     touched = next(photos.rglob("*.png"))
     os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
@@ -144,7 +136,7 @@ def test_touched_file_is_reread_not_reencoded_and_lost_index_is_rebuilt_from_cac
     assert FaissIndex.load(tmp_path / "idx").count() == 12
 
 
-def test_usage_errors(env, tmp_path, capsys):
+def test_usage_errors(tiny_model_env, tmp_path, capsys):
     assert main(["folder", str(tmp_path / "nope"), "--index", str(tmp_path / "i"), "--quiet"]) == 1
     assert "is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -159,7 +151,7 @@ def test_usage_errors(env, tmp_path, capsys):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_kill_then_resume(env, tmp_path):
+def test_kill_then_resume(tiny_model_env, tmp_path):
     """kill -9 mid-run (with a decode worker process); the rerun completes with one document per
     image, none lost, none twice, and the worker does not outlive its killed parent."""
     folder = tmp_path / "many"

@@ -19,14 +19,6 @@ from ingest.sources.unsplash import photo_metadata, sized_url
 from unsplash_server import FakeUnsplash, photo_row
 
 
-@pytest.fixture
-def env(monkeypatch, tiny_model_dir):
-    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
-    monkeypatch.setenv("TORCH_THREADS", "1")
-    monkeypatch.delenv("MODEL_ID", raising=False)
-    monkeypatch.delenv("BACKEND", raising=False)
-
-
 def args(server, tmp_path, *extra, index="idx"):
     return ["unsplash", "--dataset-url", f"{server.url}/lite.zip", "--data-dir", str(tmp_path / "unsplash"),
             "--index", str(tmp_path / index), "--cache-dir", str(tmp_path / "cache"), "--quiet",
@@ -64,7 +56,7 @@ FAILING = {2: "http_404", 6: "not_an_image", 7: ("connection", "truncated")}
 
 
 @pytest.mark.e2e
-def test_download_faults_then_idempotent_rerun(env, tmp_path):
+def test_download_faults_then_idempotent_rerun(tiny_model_env, tmp_path):
     with FakeUnsplash(slow_seconds=1.5) as server:
         ids = server.add_photos(10, FAULTS)
         bad_id_line = "not a valid id!\thttps://x\t" + "\t" * 25
@@ -109,7 +101,7 @@ def test_download_faults_then_idempotent_rerun(env, tmp_path):
 
 
 @pytest.mark.e2e
-def test_another_index_reuses_images_and_embeddings(env, tmp_path):
+def test_another_index_reuses_images_and_embeddings(tiny_model_env, tmp_path):
     with FakeUnsplash() as server:
         ids = server.add_photos(6)
         server.set_archive(ids)
@@ -126,7 +118,7 @@ def test_another_index_reuses_images_and_embeddings(env, tmp_path):
 
 
 @pytest.mark.e2e
-def test_unreachable_archive_is_a_clear_error(env, tmp_path, capsys):
+def test_unreachable_archive_is_a_clear_error(tiny_model_env, tmp_path, capsys):
     from ingest.cli import main
 
     with FakeUnsplash() as server:
@@ -153,7 +145,7 @@ def _cache_log(tmp_path: Path) -> Path | None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_kill_during_encode_then_resume(env, tmp_path, tiny_model_dir):
+def test_kill_during_encode_then_resume(tiny_model_env, tmp_path, tiny_model_dir):
     """kill -9 after the checkpoint shows progress; the rerun ends with one document per photo."""
     with FakeUnsplash() as server:
         ids = server.add_photos(24)
