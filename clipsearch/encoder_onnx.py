@@ -110,7 +110,8 @@ class OnnxClipEncoder:
         opts.intra_op_num_threads = self.threads or 0  # 0: one per physical core
         opts.inter_op_num_threads = 1  # the graphs are sequential; a second pool only costs memory
         # Workers that spin between ops burn the CPU share a Lambda is billed for, and steal it
-        # from the other requests' threads on a busy machine; a query is a few ms either way.
+        # from whatever else runs: with one CPU-bound neighbour on 2 cores, a 2-thread text
+        # encode took 14.7 ms spinning against 10.6 ms blocking (7.6 against 8.3 ms when idle).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -30,11 +31,40 @@ from server.models import parse_request
 from server.service import SearchService
 
 RETRY_INIT_S = 10.0
-QUERY_THREADS = 1  # TORCH_THREADS unset: see _build
+TORCH_QUERY_THREADS = 1  # TORCH_THREADS unset, torch encoder: see query_threads
+MAX_QUERY_THREADS = 4  # a 10-token query gains nothing measurable past this
+LAMBDA_MB_PER_VCPU = 1769  # "at 1,769 MB, a function has the equivalent of one vCPU" (Lambda docs)
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 JSON_OVERHEAD_BYTES = 64 * 1024
 
 log = logging.getLogger("clipsearch.server")
+
+
+def query_threads(encoder: str, env: dict[str, str] | None = None) -> int:
+    """Intra-op threads for one query at a time when TORCH_THREADS is unset.
+
+    torch: one. Its OpenMP workers spin, and on a busy 2-core host two threads took a text
+    encode from 24 ms to 850 ms.
+    ONNX Runtime (its workers block instead of spinning, see encoder_onnx): the CPUs this
+    process may use, and on Lambda no more than the vCPUs its memory size buys. A 10-token
+    ViT-B/32 encode reads all 151 MB of the text tower's weights, so it is memory-bound and a
+    second core adds bandwidth. Measured on 2 cores: 11.0 ms at 1 thread, 8.3 ms at 2; with
+    one CPU-bound neighbour 11.1 against 10.6 ms, with two 19.1 against 16.7 ms.
+    """
+    if encoder != "onnx":
+        return TORCH_QUERY_THREADS
+    env = os.environ if env is None else env
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        memory_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ""))
+    except ValueError:
+        memory_mb = 0
+    if memory_mb > 0:  # Lambda shows its vCPUs, but a CPU quota in proportion to memory governs
+        cpus = min(cpus, max(1, round(memory_mb / LAMBDA_MB_PER_VCPU)))
+    return max(1, min(cpus, MAX_QUERY_THREADS))
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -109,9 +139,7 @@ class App:
             raise ServiceUnavailable("bad_configuration", f"the function's settings are invalid: {self._settings_error}")
         s = self.settings
         if s.threads is None:
-            # One query at a time, on Lambda's fraction of a vCPU or a busy host: intra-op threads
-            # cost more than they give (measured: 24 ms at 1 thread, 850 ms at 2 on a loaded 2-core host).
-            s = self.settings = dataclasses.replace(s, threads=QUERY_THREADS)
+            s = self.settings = dataclasses.replace(s, threads=query_threads(s.encoder))
         # The index (an S3 copy, file reads, JSON parsing) loads in a thread while the encoder's
         # imports (torch, transformers: seconds of mostly CPU) run here: a shorter cold start.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="init-index") as pool:

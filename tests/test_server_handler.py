@@ -264,3 +264,35 @@ def test_image_tower_loads_lazily_unless_preloaded(settings, preload):
     assert status == 200 and body["results"][0]["id"] == "doc02"
     assert call(app, proxy_event(None, method="GET", path="/health"))[2]["towers"] == ["text", "vision"]
     assert app.settings.threads == 1  # TORCH_THREADS unset: one thread for a single query
+
+
+@pytest.mark.parametrize("encoder, cpus, env, expected", [
+    ("torch", 8, {}, 1),  # OpenMP workers spin: one thread, always
+    ("torch", 8, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "10240"}, 1),
+    ("onnx", 2, {}, 2),  # off Lambda: the CPUs this process may use
+    ("onnx", 1, {}, 1),
+    ("onnx", 16, {}, 4),  # capped: a short query does not scale further
+    ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1152"}, 1),  # 0.65 vCPU of quota
+    ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3008"}, 2),  # 1.7 vCPUs (the emulator's default)
+    ("onnx", 6, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "10240"}, 4),
+    ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots"}, 2),  # unreadable: ignored
+])
+def test_query_threads_follow_the_encoder_and_the_cpu_share(monkeypatch, encoder, cpus, env, expected):
+    from server.app import query_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert query_threads(encoder, env) == expected
+
+
+def test_onnx_app_takes_its_thread_count_from_the_cpu_share(monkeypatch, settings):
+    """TORCH_THREADS unset with the ONNX encoder: the app asks query_threads, not a constant."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1152")
+    built = {}
+
+    def fake_load_encoder(s, load):
+        built["threads"] = s.threads
+        raise RuntimeError("stop here")  # the thread count is all this test needs
+
+    monkeypatch.setattr("clipsearch.encoder.load_encoder", fake_load_encoder)
+    app = App(Settings(**{**settings.__dict__, "encoder": "onnx", "threads": None}))
+    assert built["threads"] == 1 and app.init_error is not None
