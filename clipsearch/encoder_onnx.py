@@ -109,10 +109,14 @@ class OnnxClipEncoder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.threads or 0  # 0: one per physical core
         opts.inter_op_num_threads = 1  # the graphs are sequential; a second pool only costs memory
-        # Workers that spin between ops burn the CPU share a Lambda is billed for, and steal it
-        # from whatever else runs: with one CPU-bound neighbour on 2 cores, a 2-thread text
-        # encode took 14.7 ms spinning against 10.6 ms blocking (7.6 against 8.3 ms when idle).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # With an explicit thread count above one, workers spin between ops: a blocked worker is
+        # woken for each of the graph's ~150 parallel ops, which after an idle gap costs more than
+        # the second thread gains (2 idle cores, 10-token text encode, 50 ms between queries: 7.9 ms
+        # spinning, 13.1 ms blocking, 11.8 ms on one thread). Spinning takes CPU from neighbours
+        # (one CPU-bound process beside it: 14.7 ms against 10.6 ms blocking), which is why the
+        # query service asks for a second thread only when it owns a second vCPU (server.app).
+        spin = self.threads is not None and self.threads > 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:
             return ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises bare Exception subclasses (Fail, InvalidProtobuf)

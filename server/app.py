@@ -45,11 +45,11 @@ def query_threads(encoder: str, env: dict[str, str] | None = None) -> int:
 
     torch: one. Its OpenMP workers spin, and on a busy 2-core host two threads took a text
     encode from 24 ms to 850 ms.
-    ONNX Runtime (its workers block instead of spinning, see encoder_onnx): the CPUs this
-    process may use, and on Lambda no more than the vCPUs its memory size buys. A 10-token
-    ViT-B/32 encode reads all 151 MB of the text tower's weights, so it is memory-bound and a
-    second core adds bandwidth. Measured on 2 cores: 11.0 ms at 1 thread, 8.3 ms at 2; with
-    one CPU-bound neighbour 11.1 against 10.6 ms, with two 19.1 against 16.7 ms.
+    ONNX Runtime: the whole vCPUs this function has. On Lambda that is its memory size over
+    1,769 MB, whatever the vCPU count it shows; a second thread only pays with a second vCPU's
+    quota behind it, as its workers spin between ops (see encoder_onnx). A 10-token ViT-B/32
+    encode reads all 151 MB of the text tower's weights, so it is memory-bound and a second core
+    adds bandwidth: 11.0 ms on one thread, 7.6 ms on two (2 idle cores).
     """
     if encoder != "onnx":
         return TORCH_QUERY_THREADS
@@ -62,8 +62,8 @@ def query_threads(encoder: str, env: dict[str, str] | None = None) -> int:
         memory_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ""))
     except ValueError:
         memory_mb = 0
-    if memory_mb > 0:  # Lambda shows its vCPUs, but a CPU quota in proportion to memory governs
-        cpus = min(cpus, max(1, round(memory_mb / LAMBDA_MB_PER_VCPU)))
+    if memory_mb > 0:
+        cpus = min(cpus, memory_mb // LAMBDA_MB_PER_VCPU)
     return max(1, min(cpus, MAX_QUERY_THREADS))
 
 

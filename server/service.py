@@ -131,4 +131,5 @@ class SearchService:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.index.model_id, "dim": self.index.dim, "count": self.index.count(),
                 "backend": getattr(self.index, "backend", type(self.index).__name__),
-                "towers": list(getattr(self.encoder, "loaded_towers", ())), "text_cache": len(self.text_cache)}
+                "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.settings.threads,
+                "text_cache": len(self.text_cache)}

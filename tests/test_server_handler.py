@@ -273,7 +273,8 @@ def test_image_tower_loads_lazily_unless_preloaded(settings, preload):
     ("onnx", 1, {}, 1),
     ("onnx", 16, {}, 4),  # capped: a short query does not scale further
     ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1152"}, 1),  # 0.65 vCPU of quota
-    ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3008"}, 2),  # 1.7 vCPUs (the emulator's default)
+    ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3008"}, 1),  # 1.7 vCPUs (the emulator's default)
+    ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3538"}, 2),  # two whole vCPUs
     ("onnx", 6, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "10240"}, 4),
     ("onnx", 2, {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots"}, 2),  # unreadable: ignored
 ])
