@@ -9,6 +9,10 @@ Layout of an index directory:
         metadata.jsonl    one JSON object per row
         hnsw.faiss        the HNSW graph, when count >= hnsw_threshold
 
+`FaissIndex.load(path, half=True)` (the query service's default, INDEX_MEMORY=float16) opens
+it read-only with the vectors held as float16 (clipsearch.index.half): half the memory, the
+same results and scores.
+
 Saving writes a new generation and then swaps the manifest atomically, so a process killed at
 any point leaves the previous complete generation readable. Exact search (numpy inner product)
 serves small collections; above `hnsw_threshold` documents an HNSW graph answers, with filters
@@ -31,6 +35,7 @@ import numpy as np
 from clipsearch.errors import IndexMissing, InvalidInput, NotFound
 from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
 from clipsearch.index.filters import filter_mask, parse_filters
+from clipsearch.index.half import HalfVectors
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -72,6 +77,7 @@ class FaissIndex:
         ef_construction: int = 200,
         ef_search: int = 128,
         exact_below_fraction: float = 0.02,
+        half: HalfVectors | None = None,
     ):
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -86,13 +92,15 @@ class FaissIndex:
         self._meta: list[dict] = []
         self._row: dict[str, int] = {}
         self._hnsw = None  # faiss.IndexHNSWFlat over rows [0, _hnsw.ntotal)
+        self._half = half  # read-only float16 rows instead of _vectors
         self._columns: dict[str, np.ndarray] = {}
         self._generation = 0
         self._lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, **opts) -> "FaissIndex":
+    def load(cls, path: str | Path, *, half: bool = False, **opts) -> "FaissIndex":
+        """The saved index at `path`; with `half`, read-only and its vectors held as float16."""
         path = Path(path)
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
@@ -109,13 +117,22 @@ class FaissIndex:
                 opts.setdefault(name, hnsw[key])
         self = cls(path, model_id=manifest["model_id"], dim=manifest["dim"], **opts)
         gen_dir = path / manifest["generation"]
-        vectors = np.load(gen_dir / "vectors.npy")
         ids = json.loads((gen_dir / "ids.json").read_text())
         with open(gen_dir / "metadata.jsonl", encoding="utf-8") as fh:
             meta = [json.loads(line) for line in fh]
-        if not (len(vectors) == len(ids) == len(meta) == manifest["count"]) or vectors.shape[1:] != (self.dim,):
-            raise IndexMissing(f"index at {path} is inconsistent: {manifest['generation']} does not match its manifest")
-        self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        inconsistent = f"index at {path} is inconsistent: {manifest['generation']} does not match its manifest"
+        if half:
+            try:
+                self._half = HalfVectors(gen_dir / "vectors.npy", manifest["count"], self.dim)
+            except ValueError as exc:
+                raise IndexMissing(f"{inconsistent} ({exc})") from None
+        else:
+            vectors = np.load(gen_dir / "vectors.npy")
+            if len(vectors) != manifest["count"] or vectors.shape[1:] != (self.dim,):
+                raise IndexMissing(inconsistent)
+            self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not len(ids) == len(meta) == manifest["count"]:
+            raise IndexMissing(inconsistent)
         self._n = len(ids)
         self._ids, self._meta = ids, meta
         self._row = {doc_id: i for i, doc_id in enumerate(ids)}
@@ -139,7 +156,13 @@ class FaissIndex:
         return cls(path, model_id=model_id, dim=dim, **opts)
 
     # -- writing ---------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self._half is not None:
+            raise RuntimeError("this index was opened read-only (FaissIndex.load(half=True)): "
+                               "load it without half=True to change it")
+
     def upsert(self, docs: Iterable[Document]) -> int:
+        self._writable()
         docs = list(docs)
         if not docs:
             return 0
@@ -172,6 +195,7 @@ class FaissIndex:
             self._hnsw = None
 
     def delete(self, ids: Sequence[str]) -> int:
+        self._writable()
         removed = 0
         with self._lock:
             self._columns.clear()
@@ -196,6 +220,7 @@ class FaissIndex:
     def save(self) -> None:
         if self.path is None:
             raise ValueError("this index has no directory to save to")
+        self._writable()
         with self._lock:
             graph = self._graph() if self._n >= self.hnsw_threshold else None
             self.path.mkdir(parents=True, exist_ok=True)
@@ -256,13 +281,15 @@ class FaissIndex:
             row = self._row.get(doc_id)
             if row is None:
                 raise NotFound(f"no document with id {doc_id!r} in the index")
-            return Document(doc_id, self._vectors[row].copy(), dict(self._meta[row]))
+            vector = self._half.rows([row])[0] if self._half is not None else self._vectors[row].copy()
+            return Document(doc_id, vector, dict(self._meta[row]))
 
     def info(self) -> dict[str, Any]:
         hnsw = self._n >= self.hnsw_threshold
         return {
             "backend": self.backend, "model_id": self.model_id, "dim": self.dim, "count": self._n,
             "index_type": "hnsw" if hnsw else "flat",
+            "vectors_in_memory": "float16" if self._half is not None else "float32",
             "params": {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
                        "hnsw_threshold": self.hnsw_threshold} if hnsw else {},
         }
@@ -295,6 +322,8 @@ class FaissIndex:
         return hits
 
     def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray | None):
+        if self._half is not None:
+            return self._half.search(q, k, mask)
         if mask is None:
             rows = np.arange(self._n)
             scores = self._vectors[: self._n] @ q
@@ -316,7 +345,12 @@ class FaissIndex:
             graph.hnsw.efConstruction = self.ef_construction
             self._hnsw = graph
         if self._hnsw.ntotal < self._n:  # new rows were appended: extend the graph
-            self._hnsw.add(self._vectors[self._hnsw.ntotal : self._n])
+            if self._half is not None:  # read-only, and its saved graph was missing or stale
+                self._hnsw.reset()
+                for chunk in self._half.chunks():
+                    self._hnsw.add(chunk)
+            else:
+                self._hnsw.add(self._vectors[self._hnsw.ntotal : self._n])
         return self._hnsw
 
     def _graph_search(self, q: np.ndarray, k: int, mask: np.ndarray | None):
