@@ -46,6 +46,10 @@ from clipsearch.encoder import load_encoder
 from clipsearch.index import check_model, open_index
 t_import = time.perf_counter()
 settings = Settings.from_env()
+if settings.threads is None:  # as the handler chooses
+    import dataclasses
+    from server.app import query_threads
+    settings = dataclasses.replace(settings, threads=query_threads(settings.encoder))
 encoder = load_encoder(settings)
 index = open_index(settings)
 check_model(index, encoder.model_id, encoder.dim)
@@ -92,11 +96,17 @@ def prepare(source: Path) -> tuple[Path, Path]:
     return onnx_dir, index_dir
 
 
+# The function's memory size, which is what buys Lambda vCPUs (1 per 1,769 MB), the emulator passes
+# on to the handler, whose ONNX encoder takes one thread per whole vCPU (server.app.query_threads).
+# The variants run as a two-vCPU function; `onnx_fp32_1vcpu` shows the same export on one.
+VARIANTS = {"torch": 3538, "onnx_fp32": 3538, "onnx_int8": 3538, "onnx_fp32_1vcpu": 1769}
+
+
 def variant_env(name: str, source: Path, onnx_dir: Path, index_dir: Path, threads: int | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ENCODER", "ONNX_PATH", "MODEL_ID", "MODEL_PATH",
-                                                            "ONNX_TEXT_INT8", "TORCH_THREADS")}
+                                                            "ONNX_TEXT_INT8", "TORCH_THREADS", "INDEX_MEMORY")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO), BACKEND="faiss",
-               INDEX_PATH=str(index_dir), MODEL_PATH=str(source))
+               INDEX_PATH=str(index_dir), MODEL_PATH=str(source), AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(VARIANTS[name]))
     if threads:
         env["TORCH_THREADS"] = str(threads)
     if name.startswith("onnx"):
@@ -137,6 +147,7 @@ def bench_processes(variants: dict[str, dict], rounds: int, warm: int, measure=c
                "towers": rs[0]["towers"], "imports_torch": bool(rs[0]["heavy_modules"])}
         if "handler_ms" in rs[0]:
             fig["warm_handler_total_p50_ms"] = warm("handler_ms")["p50_ms"]
+            fig["warm_via_port_9000_front_p50_ms"] = warm("front_ms")["p50_ms"]
             fig["warm_via_local_gateway_p50_ms"] = warm("gateway_ms")["p50_ms"]
         for key in ("import_s", "init_s", "first_query_s"):
             if key in rs[0]:
@@ -177,24 +188,30 @@ def stack_cold_start(env: dict[str, str], warm: int) -> dict:
                                        f"{r.text[:500] if r else ''}")
                 time.sleep(0.01)
             cold = time.perf_counter() - t0
-            ms, encode_ms, server_ms, gateway_ms = [], [], [], []
+            ms, encode_ms, server_ms, front_ms, gateway_ms = [], [], [], [], []
             for i in range(warm):
-                # A direct invocation through the emulator (what API Gateway does in AWS); every
-                # text unique, or the handler's text-vector cache would answer.
+                # A direct invocation on the emulator's own port (what the Lambda service does for
+                # API Gateway in AWS); every text unique, or the handler's text-vector cache would answer.
                 a = time.perf_counter()
-                r = http.post(stack.invoke_url, json={**body, "query": warm_query(i)}, timeout=60)
+                r = http.post(stack.rie_url, json={**body, "query": warm_query(i)}, timeout=60)
                 ms.append((time.perf_counter() - a) * 1000)
                 r.raise_for_status()
                 took = json.loads(r.json()["body"])["took_ms"]
                 encode_ms.append(took["encode"])
                 server_ms.append(took["total"])
-            for i in range(warm // 3 + 4):  # the local gateway adds its own HTTP hop: reported apart
+            # The local plumbing adds its own HTTP hop, reported apart: port 9000's front (which
+            # queues invocations, as the emulator takes one at a time) and the local gateway.
+            for i in range(warm // 3 + 4):
+                a = time.perf_counter()
+                http.post(stack.invoke_url, json={**body, "query": "front " + warm_query(i)}, timeout=60).raise_for_status()
+                front_ms.append((time.perf_counter() - a) * 1000)
                 a = time.perf_counter()
                 http.post(stack.search_url, json={**body, "query": "gw " + warm_query(i)}, timeout=60).raise_for_status()
                 gateway_ms.append((time.perf_counter() - a) * 1000)
         runtime = stack.runtime_process()
         maps = "".join(m.path for m in runtime.memory_maps())
-        return {"cold_s": cold, "warm_ms": ms, "encode_ms": encode_ms, "handler_ms": server_ms, "gateway_ms": gateway_ms,
+        return {"cold_s": cold, "warm_ms": ms, "encode_ms": encode_ms, "handler_ms": server_ms, "front_ms": front_ms,
+                "gateway_ms": gateway_ms,
                 "peak_rss_mb": _vm_hwm_mb(runtime.pid), "towers": ["text"],
                 "heavy_modules": ["torch"] if "libtorch" in maps else []}
     finally:
@@ -317,27 +334,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer cold starts and repeats")
     ap.add_argument("--in-process", action="store_true", help="fresh processes without the emulator")
-    # One thread by default: on this 2-core machine shared with other jobs, two threads per query
-    # process oversubscribe the cores and measure the contention (torch's warm p50 went 20 -> 200 ms).
-    ap.add_argument("--threads", type=int, default=1, help="TORCH_THREADS for the query processes (0: all cores)")
+    # By default the handler's own choice (server.app.query_threads): 1 for torch, the CPUs the
+    # emulator's memory size buys for ONNX (2 here).
+    ap.add_argument("--threads", type=int, default=0,
+                    help="TORCH_THREADS for the query processes (default: unset, the handler's choice)")
     args = ap.parse_args(argv)
     rounds, warm, repeat, n_imports = (3, 60, 90, 3) if args.quick else (7, 200, 300, 5)
     source = vit_b32_dir()
     onnx_dir, index_dir = prepare(source)
     threads = args.threads or None
     variants = {name: variant_env(name, source, onnx_dir, index_dir, threads)
-                for name in ("torch", "onnx_fp32", "onnx_int8")}
+                for name in VARIANTS}
     use_stack = not args.in_process and _has_local_stack()
     where = "through the emulator" if use_stack else "in fresh processes"
     print(f"cold starts (process start -> first text answer) {where}, then warm queries ...", flush=True)
     proc = bench_processes(variants, rounds, warm, stack_cold_start if use_stack else cold_start)
     figures = {
-        "model": "ViT-B/32 architecture, random weights", "index": "faiss, 25,000 x 512 (exact search)",
+        "model": "ViT-B/32 architecture, random weights",
+        "index": "faiss, 25,000 x 512 (exact search), held as the server holds it (INDEX_MEMORY default: float16)",
         "mode": ("emulator: server.local.LocalStack (Lambda RIE + awslambdaric + handler + gateway), timed from "
-                 "starting it to the first 200 on POST /search; warm = direct invocations through the RIE "
-                 "(and, apart, through the local gateway)" if use_stack else
+                 "starting it to the first 200 on POST /search; warm = direct invocations on the RIE's own port "
+                 "(and, apart, through port 9000's queueing front and through the local gateway)" if use_stack else
                  "in-process: a fresh Python process runs the handler's init + first query (no emulator)"),
-        "threads": threads or "all cores", "rounds": rounds,
+        "threads": threads or "the handler's default (server.app.query_threads)", "rounds": rounds,
+        "function_memory_mb": VARIANTS,
         "processes": proc, "verdict": verdict(proc),
         "in_process": bench_in_process(source, onnx_dir, [1, 2], repeat, n_imports),
         "accuracy": accuracy(source, onnx_dir, index_dir),
