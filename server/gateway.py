@@ -97,27 +97,23 @@ class Invoker:
     def _post_raw(self, payload: bytes) -> tuple[int, str, bytes]:
         """One invocation over the kept-alive connection (a new TCP connection per call cost
         about half a millisecond); the emulator's own 4xx/5xx are passed on as they are."""
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(*self._address, timeout=self.call_timeout_s)
-            try:
-                self._conn.request("POST", self._path, body=payload, headers={"Content-Type": "application/json"})
-                resp = self._conn.getresponse()
-                return resp.status, resp.getheader("Content-Type", "application/json"), resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._drop()
-                if attempt == 2:  # a fresh connection failed too: the emulator is gone
-                    raise
-                # The emulator closed the idle kept-alive connection: send again on a new one.
-            except BaseException:
-                self._drop()
-                raise
-        raise AssertionError("unreachable")
+        try:
+            return self._send(payload)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            # The emulator closed the idle kept-alive connection: once more, on a new one.
+            return self._send(payload)
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+    def _send(self, payload: bytes) -> tuple[int, str, bytes]:
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(*self._address, timeout=self.call_timeout_s)
+        try:
+            self._conn.request("POST", self._path, body=payload, headers={"Content-Type": "application/json"})
+            resp = self._conn.getresponse()
+            return resp.status, resp.getheader("Content-Type", "application/json"), resp.read()
+        except BaseException:
+            self._conn.close()  # in an unknown state: the next call connects afresh
             self._conn = None
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -18,10 +18,9 @@ def open_index(settings, *, model_id: str | None = None, dim: int | None = None)
 
         opts = {"hnsw_threshold": settings.hnsw_threshold}
         if model_id is None:  # the server: read-only
-            memory = getattr(settings, "index_memory", "float16")
-            if memory not in ("float16", "float32"):
-                raise ValueError(f"INDEX_MEMORY must be 'float16' or 'float32', got {memory!r}")
-            return FaissIndex.load(settings.index_path, half=memory == "float16", **opts)
+            if settings.index_memory not in ("float16", "float32"):
+                raise ValueError(f"INDEX_MEMORY must be 'float16' or 'float32', got {settings.index_memory!r}")
+            return FaissIndex.load(settings.index_path, half=settings.index_memory == "float16", **opts)
         return FaissIndex.open(settings.index_path, model_id=model_id, dim=dim, **opts)
     if settings.backend == "opensearch":
         from clipsearch.index.opensearch import OpenSearchIndex

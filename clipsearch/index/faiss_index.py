@@ -77,7 +77,6 @@ class FaissIndex:
         ef_construction: int = 200,
         ef_search: int = 128,
         exact_below_fraction: float = 0.02,
-        half: HalfVectors | None = None,
     ):
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -92,7 +91,7 @@ class FaissIndex:
         self._meta: list[dict] = []
         self._row: dict[str, int] = {}
         self._hnsw = None  # faiss.IndexHNSWFlat over rows [0, _hnsw.ntotal)
-        self._half = half  # read-only float16 rows instead of _vectors
+        self._half: HalfVectors | None = None  # read-only float16 rows instead of _vectors (load(half=True))
         self._columns: dict[str, np.ndarray] = {}
         self._generation = 0
         self._lock = threading.RLock()
