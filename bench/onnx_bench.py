@@ -81,7 +81,8 @@ def prepare(source: Path) -> tuple[Path, Path]:
 
     onnx_dir = CACHE / "onnx-vit-b-32"
     manifest = onnx_dir / MANIFEST
-    if not manifest.is_file() or not json.loads(manifest.read_text()).get("quantization"):
+    current = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if not current.get("quantization") or "text_graph" not in current:  # older than int8 or the rewritten graph
         print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
         export(str(source), onnx_dir, int8_text=True)
     index_dir = CACHE / "onnx-bench-index-25k"

@@ -142,7 +142,9 @@ def onnx_dir(model: Path) -> Path:
     from clipsearch.export_onnx import export
 
     path = CACHE / "server-bench-onnx-vit-b-32"
-    if not (path / "clipsearch_model.json").is_file():
+    manifest = path / "clipsearch_model.json"
+    # Exports from before the rewritten text graph (no "text_graph" in the manifest) are redone.
+    if not manifest.is_file() or "text_graph" not in json.loads(manifest.read_text()):
         print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
         export(str(model), path)
     return path

@@ -10,6 +10,11 @@ files, `preprocessor_config.json`, and the manifest `clipsearch_model.json` reco
 source model id, so an index built by the torch encoder accepts this encoder's queries.
 `--int8-text` also writes `text.int8.onnx` (dynamic int8 quantisation), chosen at run time by
 ONNX_TEXT_INT8=true. Runs at build time: it needs torch and transformers, the encoder does not.
+
+The text tower is written from `clipsearch.text_graph` (fewer, larger operations; the last layer
+computes only the pooled token), checked against the checkpoint's own transformers forward on a
+padded batch; a checkpoint it does not reproduce gets the traced transformers module instead, with
+a warning. The manifest's `text_graph` says which ("pooled" or "traced").
 """
 
 from __future__ import annotations
@@ -86,6 +91,56 @@ def _export(module, args: tuple, path: Path, inputs: list[str], output: str, axe
     externalize(path)
 
 
+def parity_batch(cfg, seed: int = 0):
+    """Token ids as a tokenizer would give them, padded three ways: (input_ids, attention_mask).
+
+    Lengths 1 to the model's maximum; the end-of-text token where transformers will look for it
+    (the highest id for pre-#24773 configs, whose eos_token_id is 2); padding with the pad id, with
+    the end-of-text id (what CLIP's own tokenizer pads with), and a left-padded row unless the pad
+    id is the end-of-text id (transformers would then pool a padding token)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab, longest = int(cfg.vocab_size), int(cfg.max_position_embeddings)
+    eos = vocab - 1 if cfg.eos_token_id == 2 else int(cfg.eos_token_id)
+    bos = getattr(cfg, "bos_token_id", None)
+    pad = int(cfg.pad_token_id if cfg.pad_token_id is not None else 0)
+    lengths = [1, 2, 7, 13, min(30, longest), longest]
+    extra = [9, 9] if pad != eos else [9]
+    ids = np.full((len(lengths) + len(extra), longest), pad, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths + extra):
+        body = rng.integers(0, eos, n)
+        body[body == pad] = (pad + 1) % eos
+        if bos is not None and 0 <= int(bos) < eos and n > 1:
+            body[0] = int(bos)
+        body[-1] = eos
+        if row == len(lengths):  # padded with the end-of-text token
+            ids[row, n:] = eos
+        at = longest - n if row == len(lengths) + 1 else 0  # the last row left-padded
+        ids[row, at : at + n], mask[row, at : at + n] = body, 1
+    return ids, mask
+
+
+def _check_text_graph(path: Path, reference, cfg) -> str | None:
+    """None when the graph at `path` gives `reference`'s output on `parity_batch`, else what differs."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    ids, mask = parity_batch(cfg)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0]
+    if got.shape != want.shape or not np.isfinite(got).all():
+        return f"output shape {got.shape} or values not finite"
+    err = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+    return None if err <= 1e-4 else f"largest difference {err:.2e} of the largest value"
+
+
 def externalize(path: Path) -> None:
     """Move the weights out of the protobuf into `<name>.data` beside it, readable by all.
 
@@ -148,16 +203,32 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"model_id": resolve_model_id(source, model_id)}
     if "text" in towers:
+        from clipsearch.text_graph import PooledText
+
         text, text_cfg = load_tower(source, "text")
         ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]], dtype=torch.long)
         ids = ids.clamp(max=int(text_cfg.vocab_size) - 1)
         mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)
         seq = {0: "batch", 1: "sequence"}
-        _export(text, (ids, mask), out / TOWER_FILES["text"], ["input_ids", "attention_mask"], "text_embeds",
-                {"input_ids": seq, "attention_mask": seq, "text_embeds": {0: "batch"}}, opset)
+        text_file = out / TOWER_FILES["text"]
+
+        def export_text(module) -> str | None:
+            _export(module, (ids, mask), text_file, ["input_ids", "attention_mask"], "text_embeds",
+                    {"input_ids": seq, "attention_mask": seq, "text_embeds": {0: "batch"}}, opset)
+            return _check_text_graph(text_file, text, text_cfg)
+
+        # The rewritten graph (clipsearch.text_graph), faster, unless it does not reproduce this
+        # checkpoint's own forward: then the module traced as transformers wrote it.
+        text_graph, problem = "pooled", export_text(PooledText(text.model).eval())
+        if problem:
+            warnings.warn(f"the rewritten text graph does not match {source}'s forward ({problem}); "
+                          "exporting the traced transformers module instead", stacklevel=2)
+            text_graph, problem = "traced", export_text(text)
+        if problem:
+            raise ValueError(f"the exported text tower does not match {source}'s forward: {problem}")
         if int8_text:
-            quantize_text(out / TOWER_FILES["text"], out / TEXT_INT8_FILE)
-        manifest.update(dim=int(text_cfg.projection_dim),
+            quantize_text(text_file, out / TEXT_INT8_FILE)
+        manifest.update(dim=int(text_cfg.projection_dim), text_graph=text_graph,
                         max_text_tokens=min(MAX_TEXT_TOKENS, int(text_cfg.max_position_embeddings)))
         del text  # the two towers need not sit in memory together
     if "vision" in towers:

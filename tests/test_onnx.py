@@ -121,6 +121,64 @@ def test_export_cli_rejects_a_directory_that_is_not_a_checkpoint(tmp_path, capsy
     assert "not a model checkpoint directory" in capsys.readouterr().err
 
 
+# -- the rewritten text graph (clipsearch.text_graph) ------------------------------------------
+@pytest.mark.parametrize("cfg", [
+    {"eos_token_id": 2, "hidden_act": "quick_gelu"},  # pre-#24773 configs: pooled at the highest id
+    {"eos_token_id": 99, "hidden_act": "gelu", "pad_token_id": 99},  # padded with end-of-text
+    {"eos_token_id": 40, "hidden_act": "quick_gelu", "pad_token_id": None, "num_hidden_layers": 1},
+])
+def test_pooled_text_matches_transformers_forward(cfg):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from clipsearch.export_onnx import parity_batch
+    from clipsearch.text_graph import PooledText
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(**{"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+                               "num_hidden_layers": 3, "max_position_embeddings": 20, "projection_dim": 8,
+                               "bos_token_id": 0, **cfg})
+    model = CLIPTextModelWithProjection(config).eval()
+    ids, mask = parity_batch(config)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).text_embeds.numpy()
+        got = PooledText(model)(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The batch exercises what it claims: padding, the longest input, and distinct pooled positions.
+    assert mask.min() == 0 and mask.sum(1).max() == ids.shape[1] and len(np.unique(want.round(4), axis=0)) == len(ids)
+
+
+def test_export_writes_the_rewritten_text_graph(onnx_dir):
+    import onnx
+
+    assert json.loads((onnx_dir / "clipsearch_model.json").read_text())["text_graph"] == "pooled"
+    ops = [n.op_type for n in onnx.load(str(onnx_dir / "text.onnx"), load_external_data=False).graph.node]
+    assert ops.count("Softmax") == 2  # the tiny model's two layers, attention as transformers computes it
+
+
+def test_export_falls_back_to_the_traced_module_when_the_rewrite_differs(tiny_model_dir, tiny_encoder, tmp_path,
+                                                                        monkeypatch):
+    from clipsearch.text_graph import PooledText
+
+    forward = PooledText.forward
+    monkeypatch.setattr(PooledText, "forward", lambda self, ids, mask: forward(self, ids, mask) * 1.01)
+    with pytest.warns(UserWarning, match="does not match .* exporting the traced transformers module instead"):
+        export(str(tiny_model_dir), tmp_path / "onnx", towers=("text",))
+    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["text_graph"] == "traced"
+    ours, theirs = OnnxClipEncoder(tmp_path / "onnx", threads=1).encode_text(TEXTS), tiny_encoder.encode_text(TEXTS)
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_export_fails_clearly_when_no_text_graph_matches(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import clipsearch.export_onnx as export_onnx
+
+    monkeypatch.setattr(export_onnx, "_check_text_graph", lambda *a: "largest difference 3.00e-01 of the largest value")
+    with pytest.warns(UserWarning):
+        assert export_main([str(tiny_model_dir), str(tmp_path / "out"), "--towers", "text"]) == 2
+    assert "the exported text tower does not match" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "clipsearch_model.json").exists()  # never a manifest over a wrong graph
+
+
 # -- tokenisation ----------------------------------------------------------------------------
 def _hf_ids(tiny_encoder, texts, padding):
     tiny_encoder._tower("text")
