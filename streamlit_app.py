@@ -130,6 +130,8 @@ def show(outcome: dict[str, Any]) -> None:
         st.error(outcome["error"])
         return
     response = outcome["response"]
+    if response.warning:
+        st.warning(response.warning, icon="⚠️")
     note = render.retried_note(response.attempts, response.elapsed_s)
     if note:
         st.caption(note)

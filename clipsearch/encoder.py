@@ -24,6 +24,7 @@ MAX_TEXT_TOKENS = 77
 class Encoder(Protocol):
     model_id: str
     preprocess_config: PreprocessConfig
+    random_weights: bool  # a stand-in from clipsearch.modelgen: it runs, its rankings mean nothing
 
     @property
     def dim(self) -> int: ...
@@ -62,6 +63,16 @@ def resolve_model_id(source: str, explicit: str | None = None) -> str:
     return path.resolve().name
 
 
+def has_random_weights(source: str) -> bool:
+    """Whether `source` is a random-weight stand-in (`clipsearch.modelgen` marks the ones it writes):
+    such a model runs like CLIP, but its scores and rankings mean nothing."""
+    marker = Path(source) / "clipsearch_model.json"
+    try:
+        return marker.is_file() and json.loads(marker.read_text()).get("random_weights") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -87,6 +98,7 @@ class TorchClipEncoder:
         _quiet_transformers()
         self.source = source
         self.model_id = resolve_model_id(source, model_id)
+        self.random_weights = has_random_weights(source)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if threads:
             torch.set_num_threads(threads)

@@ -57,6 +57,7 @@ class OnnxClipEncoder:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self.model_id: str = self.manifest["model_id"]
+        self.random_weights = self.manifest.get("random_weights") is True  # exported from a stand-in
         self._dim = int(self.manifest["dim"])
         self.threads = threads
         self.text_int8 = text_int8

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from clipsearch.encoder import MAX_TEXT_TOKENS, resolve_model_id
+from clipsearch.encoder import MAX_TEXT_TOKENS, has_random_weights, resolve_model_id
 
 MANIFEST = "clipsearch_model.json"
 DEFAULT_OPSET = 17
@@ -201,7 +201,7 @@ def export(
         raise ValueError("--int8-text needs the text tower")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"model_id": resolve_model_id(source, model_id)}
+    manifest: dict = {"model_id": resolve_model_id(source, model_id), "random_weights": has_random_weights(source)}
     if "text" in towers:
         from clipsearch.text_graph import PooledText
 

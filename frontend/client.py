@@ -70,6 +70,7 @@ class SearchResponse:
     took_ms: dict[str, float]
     attempts: int = 1
     elapsed_s: float = 0.0
+    warning: str | None = None  # the API's, e.g. a random-weight stand-in model
 
 
 class SearchFailed(ClipsearchError):
@@ -232,7 +233,8 @@ class SearchClient:
             raise ApiError(200, "the answer is not a search result (no \"results\" list)")
         results = [r for r in body["results"] if isinstance(r, dict) and "id" in r]
         took = body.get("took_ms") if isinstance(body.get("took_ms"), dict) else {}
-        return SearchResponse(results, body.get("model"), took, attempts, elapsed)
+        warning = body.get("warning") if isinstance(body.get("warning"), str) else None
+        return SearchResponse(results, body.get("model"), took, attempts, elapsed, warning[:500] if warning else None)
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:

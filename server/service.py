@@ -26,6 +26,9 @@ from server.fetch import SafeFetcher
 from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery
 
 TEXT_CACHE_SIZE = 1024
+RANDOM_WEIGHTS_WARNING = ("This deployment's CLIP model has random weights (a stand-in used when no checkpoint was "
+                          "available), so these scores and rankings mean nothing: set MODEL_PATH to a CLIP checkpoint "
+                          "directory (or MODEL_ID to a hub id), re-ingest and restart")
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
@@ -96,7 +99,7 @@ class SearchService:
         t2 = time.perf_counter()
         results = [{"id": h.id, "score": round(h.score, 6),
                     **{k: _json_safe(v) for k, v in h.metadata.items() if k not in ("id", "score")}} for h in hits]
-        return {
+        body = {
             "results": results,
             "count": len(results),
             "k": q.k,
@@ -104,6 +107,9 @@ class SearchService:
             "took_ms": {"encode": round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
                         "total": round((t2 - t0) * 1000, 3)},
         }
+        if getattr(self.encoder, "random_weights", False):
+            body["warning"] = RANDOM_WEIGHTS_WARNING
+        return body
 
     def _vector(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> tuple[np.ndarray, str | None]:
         """The query vector, and the id to leave out of the results ("more like this")."""
@@ -132,4 +138,4 @@ class SearchService:
         return {"status": "ok", "model": self.index.model_id, "dim": self.index.dim, "count": self.index.count(),
                 "backend": getattr(self.index, "backend", type(self.index).__name__),
                 "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.settings.threads,
-                "text_cache": len(self.text_cache)}
+                "text_cache": len(self.text_cache), "random_weights": bool(getattr(self.encoder, "random_weights", False))}

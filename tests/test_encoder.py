@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -19,6 +20,23 @@ def test_model_id_comes_from_the_checkpoint(tiny_encoder, tiny_model_dir):
     assert tiny_encoder.model_id == "clipsearch/tiny-test"
     assert resolve_model_id(str(tiny_model_dir), "org/explicit") == "org/explicit"
     assert resolve_model_id("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+
+
+@pytest.mark.parametrize("marker, expected", [
+    ({"model_id": "x", "random_weights": True}, True),
+    ({"model_id": "x"}, False),
+    ({"model_id": "x", "random_weights": "yes"}, False),  # only the stand-in writer's own flag counts
+    (["not", "an", "object"], False),
+    ("{truncated", False),
+    (None, False),  # no marker at all: a checkpoint from the hub or a user's directory
+])
+def test_random_weight_stand_ins_are_recognised(tmp_path, marker, expected):
+    from clipsearch.encoder import has_random_weights
+
+    if marker is not None:
+        (tmp_path / "clipsearch_model.json").write_text(marker if isinstance(marker, str) else json.dumps(marker))
+    assert has_random_weights(str(tmp_path)) is expected
+    assert has_random_weights("openai/clip-vit-base-patch32") is False
 
 
 def test_text_vectors_are_unit_float32(tiny_encoder):

@@ -68,6 +68,8 @@ def test_export_writes_graphs_tokenizer_and_manifest(onnx_dir, tiny_model_dir):
     manifest = json.loads((onnx_dir / "clipsearch_model.json").read_text())
     assert manifest["model_id"] == resolve_model_id(str(tiny_model_dir)) == "clipsearch/tiny-test"
     assert manifest["dim"] == 16 and manifest["max_text_tokens"] == 77 and manifest["opset"] == 17
+    assert manifest["random_weights"] is True  # carried over from the stand-in checkpoint's marker
+    assert OnnxClipEncoder(onnx_dir, load=()).random_weights is True
     assert manifest["towers"] == {"text": "text.onnx", "vision": "vision.onnx"}
     assert manifest["quantization"] == {"text_int8": "text.int8.onnx"}
     for name in ("text.onnx", "vision.onnx", "text.int8.onnx", "tokenizer.json", "preprocessor_config.json",

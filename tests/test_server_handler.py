@@ -92,6 +92,18 @@ def test_health_route_and_wrong_method(app):
     assert status == 405 and headers["Allow"] == "POST, OPTIONS" and body["error"]["code"] == "method_not_allowed"
 
 
+def test_a_random_weight_model_is_flagged_in_every_answer(app, settings, tiny_encoder, monkeypatch):
+    """The tiny model is a clipsearch.modelgen stand-in: its rankings mean nothing, and clients are told."""
+    assert tiny_encoder.random_weights
+    status, _, body = search(app, query="two dogs", input_type="text", k=2)
+    assert status == 200 and "random weights" in body["warning"] and "MODEL_PATH" in body["warning"]
+    assert call(app, proxy_event(None, method="GET", path="/health"))[2]["random_weights"] is True
+    monkeypatch.setattr(tiny_encoder, "random_weights", False)  # as a real checkpoint's encoder
+    status, _, body = search(app, query="two dogs", input_type="text", k=2)
+    assert status == 200 and "warning" not in body
+    assert call(app, proxy_event(None, method="GET", path="/health"))[2]["random_weights"] is False
+
+
 # ----------------------------------------------------------------------------- input types
 def test_image_query_finds_the_same_image_first(app):
     b64 = base64.b64encode(make_image(5, size=(64, 48))).decode()

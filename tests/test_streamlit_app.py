@@ -82,6 +82,15 @@ def test_two_gateway_timeouts_then_results(app):
     assert not at.error
 
 
+def test_the_apis_warning_is_shown_above_the_results(app):
+    warning = "this deployment's CLIP model has random weights: set MODEL_PATH"
+    with StubApi([Reply(200, {**ok_body([]), "warning": warning}), Reply(200, ok_body([]))]) as api:
+        at = search_text(app(api.search_url), "two dogs")
+        assert [w.value for w in at.warning] == [warning]
+        at = search_text(at, "two cats")  # an answer without one shows none
+        assert not at.warning and len(api.searches) == 2
+
+
 def test_bad_request_is_not_retried_and_shows_the_api_message(app):
     body = {"error": {"code": "invalid_input", "message": "query is longer than 77 tokens: shorten it"}}
     with StubApi([Reply(400, body)]) as api:
