@@ -392,6 +392,7 @@ def test_vit_b32_parity(tmp_path):
 
     source = vit_b32_dir()
     export(str(source), tmp_path / "onnx", int8_text=True)
+    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["text_graph"] == "pooled"
     torch_enc = TorchClipEncoder(str(source), threads=2, load=("text", "vision"))
     onnx_enc = OnnxClipEncoder(tmp_path / "onnx", load=("text", "vision"), threads=2)
     int8 = OnnxClipEncoder(tmp_path / "onnx", threads=2, text_int8=True)
