@@ -133,8 +133,11 @@ def _check_text_graph(path: Path, reference, cfg) -> str | None:
         want = reference(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": mask})[0]
+    try:
+        got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
+            None, {"input_ids": ids, "attention_mask": mask})[0]
+    except Exception as exc:  # noqa: BLE001 - ORT raises bare Exception subclasses (Fail, InvalidGraph)
+        return f"onnxruntime cannot run it: {exc}"
     if got.shape != want.shape or not np.isfinite(got).all():
         return f"output shape {got.shape} or values not finite"
     err = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
@@ -219,7 +222,11 @@ def export(
 
         # The rewritten graph (clipsearch.text_graph), faster, unless it does not reproduce this
         # checkpoint's own forward: then the module traced as transformers wrote it.
-        text_graph, problem = "pooled", export_text(PooledText(text.model).eval())
+        text_graph = "pooled"
+        try:
+            problem = export_text(PooledText(text.model).eval())
+        except Exception as exc:  # noqa: BLE001 - a checkpoint whose modules are not laid out as CLIP's
+            problem = f"it cannot be built: {type(exc).__name__}: {exc}"
         if problem:
             warnings.warn(f"the rewritten text graph does not match {source}'s forward ({problem}); "
                           "exporting the traced transformers module instead", stacklevel=2)

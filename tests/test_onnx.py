@@ -171,6 +171,29 @@ def test_export_falls_back_to_the_traced_module_when_the_rewrite_differs(tiny_mo
     assert np.abs(ours - theirs).max() < 1e-5
 
 
+def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny_encoder, tmp_path, monkeypatch):
+    from clipsearch.text_graph import PooledText
+
+    def unbuildable(self, model):
+        raise AttributeError("'CLIPTextTransformer' object has no attribute 'encoder'")
+
+    monkeypatch.setattr(PooledText, "__init__", unbuildable)
+    with pytest.warns(UserWarning, match="cannot be built: AttributeError"):
+        export(str(tiny_model_dir), tmp_path / "onnx", towers=("text",))
+    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["text_graph"] == "traced"
+    ours, theirs = OnnxClipEncoder(tmp_path / "onnx", threads=1).encode_text(TEXTS), tiny_encoder.encode_text(TEXTS)
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
+    from clipsearch.export_onnx import _check_text_graph, load_tower
+
+    text, cfg = load_tower(str(tiny_model_dir), "text")
+    broken = tmp_path / "text.onnx"
+    broken.write_bytes(b"not a protobuf")
+    assert _check_text_graph(broken, text, cfg).startswith("onnxruntime cannot run it")
+
+
 def test_export_fails_clearly_when_no_text_graph_matches(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import clipsearch.export_onnx as export_onnx
 
