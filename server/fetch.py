@@ -218,7 +218,8 @@ class SafeFetcher:
                     return location
                 url = location
             except (OSError, http.client.HTTPException) as exc:
-                if deadline.expired:
+                # A socket timeout clamped to the time left ends in step with the deadline's timer.
+                if deadline.expired or deadline.remaining() < 0.05:
                     raise deadline.failure() from None
                 raise UrlFetchFailed(f"fetching the URL failed ({type(exc).__name__}: {exc})") from None
             finally:
