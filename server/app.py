@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError, ImageTooLarge, InvalidInput, ModelMismatch
 from server.errors import HttpError, ServiceUnavailable, to_http
-from server.events import HttpRequest, cors_headers, parse_event, proxy_response
+from server.events import HttpRequest, cors_headers, parse_event, proxy_response, utf8_json
 from server.fetch import SafeFetcher
 from server.models import parse_request
 from server.service import SearchService
@@ -86,7 +85,7 @@ def _setup_logging() -> None:
 
 
 def log_json(level: int, **fields: Any) -> None:
-    log.log(level, json.dumps(fields, default=str, ensure_ascii=False))
+    log.log(level, utf8_json(fields))
 
 
 class App:

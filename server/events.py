@@ -126,6 +126,21 @@ def proxy_response(status: int, body: Any | None, headers: dict[str, str] | None
     return {
         "statusCode": status,
         "headers": out_headers,
-        "body": "" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "body": "" if body is None else utf8_json(body),
         "isBase64Encoded": False,
     }
+
+
+def utf8_json(value: Any) -> str:
+    """Compact JSON text that any UTF-8 encoder accepts.
+
+    Non-ASCII characters stay as they are, unless the value holds a lone surrogate (a JSON
+    "\\ud800" escape decodes to one): the runtime's UTF-8 encoder would fail on it and the caller
+    would get a 502, so that text is written with \\u escapes instead.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
+    return text

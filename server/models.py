@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from clipsearch.errors import InvalidInput
-from clipsearch.index.filters import parse_filters
+from clipsearch.index.filters import parse_filters, show
 from clipsearch.schema import FILTERABLE
 
 MAX_K = 100
@@ -36,7 +36,8 @@ class _Query(BaseModel):
     def _filters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if not value:
             return None
-        unknown = sorted(str(name)[:40] for name in value if name not in FILTERABLE)
+        # repr, not str: a key may hold a lone surrogate, which pydantic cannot put in a message.
+        unknown = sorted(show(name, 40) for name in value if name not in FILTERABLE)
         if unknown:
             named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise ValueError(f"cannot filter on {named}: filterable fields are {', '.join(sorted(FILTERABLE))}")
@@ -104,6 +105,8 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
     for err in exc.errors(include_url=False)[:limit]:
         loc = [str(p) for p in err["loc"] if p not in INPUT_TYPES]  # drop the union member's tag
         field_name = ".".join(loc) or "body"
+        if not _is_text(field_name):
+            field_name = show(field_name, 40)
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown field {field_name!r}: allowed fields are {', '.join(FIELDS)}")
         elif err["type"] == "union_tag_not_found":
@@ -113,6 +116,10 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
                          f" is not one of {', '.join(INPUT_TYPES)}")
         elif err["type"] == "missing":
             parts.append(f"{field_name} is required")
+        elif err["type"] == "string_unicode":
+            what = "a field name" if field_name == "body" else field_name
+            parts.append(f"{what} is not valid Unicode text (it holds a lone surrogate, {_short(err.get('input'))}): "
+                         "send UTF-8 text")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{field_name}: {msg} (got {_short(err.get('input'))})")
@@ -128,5 +135,12 @@ def _kind(value: Any) -> str:
 def _short(value: Any, limit: int = 60) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return show(value, limit)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -309,3 +309,15 @@ def test_onnx_app_takes_its_thread_count_from_the_cpu_share(monkeypatch, setting
     monkeypatch.setattr("clipsearch.encoder.load_encoder", fake_load_encoder)
     app = App(Settings(**{**settings.__dict__, "encoder": "onnx", "threads": None}))
     assert built["threads"] == 1 and app.init_error is not None
+
+
+def test_a_reply_holding_a_lone_surrogate_is_still_utf8():
+    """awslambdaric encodes the reply as UTF-8 (ensure_ascii=False on the python3.12+ runtimes):
+    a lone surrogate there fails the invocation, which API Gateway answers 502."""
+    from server.events import proxy_response
+
+    for value in ("\ud800", "plain ascii", "café ✓"):
+        out = proxy_response(400, {"error": {"code": "x", "message": value}})
+        out["body"].encode("utf-8")
+        assert json.loads(out["body"])["error"]["message"] == value
+    assert "café ✓" in proxy_response(200, {"m": "café ✓"})["body"]  # readable text stays readable
