@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import struct
 import zlib
 
@@ -130,6 +131,14 @@ BAD = [
     ("raw body empty", proxy_event("", headers={"Content-Type": "image/png"}), 400, "invalid_input"),
     ("raw body unknown param", body_event(make_image(1), headers={"Content-Type": "image/jpeg"}, query={"x": "1"}),
      400, "invalid_input"),
+    *[(f"raw body k={k!r}", body_event(make_image(1), headers={"Content-Type": "image/jpeg"}, query={"k": k}),
+       400, "invalid_input") for k in ("1_0", " 10", "10 ", "+10", "10.0", "1e1", "0x10", "٣", "１０", "010", "", "-0")],
+    *[(f"raw body min_score={m!r}", body_event(make_image(1), headers={"Content-Type": "image/jpeg"},
+                                               query={"min_score": m}), 400, "invalid_input")
+      for m in ("0_5", "nan", "inf", ".5", "0.5 ", "2", "1e999", "1" * 5000)],
+    ("JSON body with a query-string option", proxy_event(json.dumps(text()), query={"k": "5"}), 400, "invalid_input"),
+    ("JSON body with an unrelated query string", proxy_event(json.dumps(text()), query={"utm_source": "x"}), 400,
+     "invalid_input"),
     ("data URL not base64", {"query": "data:image/png,abc", "input_type": "image"}, 400, "invalid_input"),
     ("file URL", {"query": "file:///etc/passwd", "input_type": "url"}, 400, "invalid_input"),
     ("s3 URL", {"query": "s3://bucket/key.jpg", "input_type": "url"}, 400, "invalid_input"),
@@ -155,6 +164,34 @@ def test_bad_input_gets_a_clear_4xx(app, quiet, name, event, status, code):
     assert len(message) > 15 and "Traceback" not in message
     assert headers["Content-Type"] == "application/json"
     response["body"].encode("utf-8")  # what the runtime sends: no lone surrogate may reach it
+
+
+def raw_image(query: dict[str, str]) -> dict:
+    return body_event(make_image(2, size=(48, 64)), headers={"Content-Type": "image/jpeg"}, query=query)
+
+
+def test_raw_image_options_parse_as_json_numbers(app, quiet):
+    """The query string's k and min_score mean what the same text means in a JSON body."""
+    for query, k in (({"k": "3"}, 3), ({"k": "3", "min_score": "-0.5"}, 3), ({"min_score": "5e-1"}, 10), ({}, 10)):
+        status, _, body = reply(app.handle(raw_image(query), None))
+        assert status == 200 and body["k"] == k, (query, body)
+    _, _, body = reply(app.handle(raw_image({"k": "1_0"}), None))
+    assert "k='1_0'" in body["error"]["message"] and "JSON" in body["error"]["message"]
+
+
+@hsettings(max_examples=300, deadline=None, database=None,
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(k=st.one_of(st.text(max_size=6), st.from_regex(r"\A[ +\-]?[0-9_]{1,4}(\.[0-9]*)?\s?\Z"),
+                   st.integers(-5, 150).map(str)))
+def test_fuzzed_query_string_k_is_taken_only_as_json_would_take_it(app, quiet, k):
+    status, _, body = reply(app.handle(raw_image({"k": k}), None))
+    as_json = None
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", k):
+        as_json = int(k)
+    if as_json is not None and 1 <= as_json <= 100:
+        assert status == 200 and body["k"] == as_json, (k, body)
+    else:
+        assert status == 400 and body["error"]["code"] == "invalid_input", (k, body)
 
 
 def test_error_messages_stay_short_whatever_the_input(app, quiet):
