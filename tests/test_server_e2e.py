@@ -119,6 +119,24 @@ def test_a_10_mb_body_is_refused_413(stack):
     assert got == 413
 
 
+def test_the_largest_image_that_fits_searches_one_byte_more_is_the_functions_413(stack):
+    """The default MAX_IMAGE_BYTES fits one Lambda invocation as JSON and as a raw POST; one byte
+    over is the function's own 413; an event over Lambda's 6 MB is API Gateway's 413, not a 502."""
+    from clipsearch.config import DEFAULT_MAX_IMAGE_BYTES
+
+    jpeg = make_image(4, size=(48, 64))
+    largest = jpeg + b"\0" * (DEFAULT_MAX_IMAGE_BYTES - len(jpeg))  # the decoder ignores bytes after the image
+    as_json = {"query": base64.b64encode(largest).decode(), "input_type": "image", "k": 1}
+    for body, ctype in ((as_json, "application/json"), (largest, "image/jpeg")):
+        status, _, raw = http(stack.search_url, body, headers={"Content-Type": ctype})
+        assert status == 200 and json.loads(raw)["results"][0]["id"] == "doc04", raw[:300]
+    status, _, raw = http(stack.search_url, {**as_json, "query": base64.b64encode(largest + b"\0").decode()})
+    assert status == 413 and json.loads(raw)["error"]["code"] == "image_too_large", raw[:300]
+    status, _, raw = http(stack.search_url, {**as_json, "query": base64.b64encode(largest * 2).decode()[:7_000_000]})
+    assert status == 413 and json.loads(raw) == {"message": "Request Too Long"}, raw[:300]
+    assert stack.process.poll() is None
+
+
 def test_a_decompression_bomb_over_http(stack):
     from test_server_inputs import png_header_bomb
 
