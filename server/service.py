@@ -19,11 +19,11 @@ import numpy as np
 
 from clipsearch.config import Settings
 from clipsearch.encoder import Encoder
-from clipsearch.errors import ImageTooLarge, InvalidInput
+from clipsearch.errors import ImageTooLarge, InvalidInput, NotFound
 from clipsearch.images import decode_image
 from clipsearch.index import VectorIndex
 from server.fetch import SafeFetcher
-from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery
+from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery, suggestion
 
 TEXT_CACHE_SIZE = 1024
 RANDOM_WEIGHTS_WARNING = ("This deployment's CLIP model has random weights (a stand-in used when no checkpoint was "
@@ -61,6 +61,7 @@ class LruCache:
 
 def decode_base64_image(text: str, max_bytes: int) -> bytes:
     """Base64 (standard or URL-safe, line breaks allowed, or a data: URL) into bytes, size-capped."""
+    query = text
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
@@ -72,7 +73,11 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
         altchars = b"-_" if ("-" in text or "_" in text) else None
         return base64.b64decode(text, altchars=altchars, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput("query is not valid base64: send the image file's bytes base64-encoded") from None
+        hint = suggestion(query, "image")
+        if not hint and "://" in query[:16]:
+            hint = "; an image URL must be http(s)"
+        raise InvalidInput("query is not valid base64: input_type \"image\" takes the image file's bytes "
+                           "base64-encoded, a data: URL or an http(s) image URL" + hint) from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -116,10 +121,16 @@ class SearchService:
         if isinstance(q, TextQuery):
             return self.text_vector(q.query), None
         if isinstance(q, IdQuery):
-            return self.index.get(q.query).vector, q.query
-        if isinstance(q, ImageQuery):
+            try:
+                return self.index.get(q.query).vector, q.query
+            except NotFound as exc:
+                hint = suggestion(q.query, "id")
+                if hint:
+                    raise NotFound(f"{exc}{hint}") from None
+                raise
+        if isinstance(q, ImageQuery) and not q.is_url:
             data = decode_base64_image(q.query, self.settings.max_image_bytes)
-        else:
+        else:  # the same guarded fetch for a `url` query and an image URL
             data = self.fetcher.fetch(q.query)
         return self.image_vector(data), None
 

@@ -152,6 +152,58 @@ def test_url_query_success_path_with_a_test_only_address_policy(settings, tiny_e
     assert status == 200 and body["results"][0]["id"] == "doc11"
 
 
+def test_an_image_url_under_input_type_image_is_fetched_like_a_url_query(settings, tiny_encoder):
+    """What the original client sends: {"query": "https://...jpg", "input_type": "image"}."""
+    image = make_image(12, size=(48, 64))
+    fetcher = SafeFetcher(max_bytes=settings.max_image_bytes, is_allowed=lambda ip: str(ip) == "127.0.0.1")
+    app = App(settings, encoder=tiny_encoder, fetcher=fetcher)
+    with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, image)}) as srv:
+        for url in (srv.url("/cat.jpg"), srv.url("/cat.jpg").replace("http://", "HTTP://")):
+            status, _, body = search(app, query=url, input_type="image", k=2)
+            assert status == 200 and body["results"][0]["id"] == "doc12", body
+        assert srv.hits == ["/cat.jpg", "/cat.jpg"]
+
+
+def test_an_image_url_under_input_type_image_has_the_same_ssrf_guard(app):
+    with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, make_image(1))}) as srv:
+        for url in (srv.url("/cat.jpg"), srv.url("/cat.jpg", "localhost"), "http://169.254.169.254/latest/meta-data/",
+                    "http://[::ffff:127.0.0.1]/x.jpg", "http://user:pw@example.com/a.jpg"):
+            status, _, body = search(app, query=url, input_type="image")
+            assert status == 400 and body["error"]["code"] == "url_refused", (url, body)
+        assert srv.hits == [], "the server must never have been contacted"
+    status, _, body = search(app, query="https://example.com/" + "a" * 2100 + ".jpg", input_type="image")
+    assert status == 400 and "2048" in body["error"]["message"]
+
+
+B64_IMAGE = base64.b64encode(make_image(3, size=(64, 48))).decode()
+
+
+@pytest.mark.parametrize("body, status, hint", [
+    ({"query": "two dogs on a beach", "input_type": "image"}, 400, 'input_type "text"'),
+    ({"query": B64_IMAGE, "input_type": "text"}, 400, 'input_type "image"'),
+    ({"query": "data:image/png;base64," + B64_IMAGE[:40], "input_type": "text"}, 200, None),  # short: fine as text
+    ({"query": B64_IMAGE, "input_type": "url"}, 400, 'input_type "image"'),
+    ({"query": "two dogs", "input_type": "url"}, 400, 'input_type "text"'),
+    ({"query": "https://example.com/dog.jpg", "input_type": "id"}, 404, 'input_type "url"'),
+    ({"query": "two dogs on a beach", "input_type": "id"}, 404, 'input_type "text"'),
+    ({"query": "https://example.com/dog.jpg"}, 400, '"url"'),
+    ({"query": "ftp://example.com/dog.jpg", "input_type": "image"}, 400, "http(s)"),
+])
+def test_a_wrong_input_type_gets_a_suggestion(app, body, status, hint):
+    got, _, out = call(app, body)
+    assert got == status, out
+    if hint is not None:
+        assert hint in out["error"]["message"], out["error"]["message"]
+
+
+def test_a_url_sent_as_text_is_searched_as_text_not_fetched(app):
+    """Text may legitimately hold a URL: the suggestion is for errors, never a reinterpretation."""
+    with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, make_image(1))}) as srv:
+        status, _, body = search(app, query=srv.url("/cat.jpg"), input_type="text", k=2)
+        assert status == 200 and body["count"] == 2
+        assert srv.hits == []
+
+
 def test_url_query_to_a_local_server_is_refused_by_default(app):
     with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, make_image(1))}) as srv:
         for host in ("127.0.0.1", "localhost"):
