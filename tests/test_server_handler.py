@@ -61,6 +61,29 @@ def test_sample_events_answer_ranked_results(app, name, k):
     assert body["took_ms"]["total"] >= body["took_ms"]["encode"] + body["took_ms"]["search"] - 0.01
 
 
+def test_a_function_url_request_is_served_as_an_http_api_v2_event(app):
+    """Function URLs send payload format 2.0, as HTTP APIs do, and take the same proxy reply."""
+    status, headers, body = call(app, json.loads((EVENTS / "function_url_text.json").read_text()))
+    assert status == 200 and body["k"] == 5 and headers["Content-Type"] == "application/json", body
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("alb_request", "Application Load Balancer"),
+    ("alb_multivalue_request", "Application Load Balancer"),
+    ("lattice_v1_request", "VPC Lattice"),
+    ("lattice_v2_request", "VPC Lattice"),
+    ("websocket_message", "WebSocket"),
+    ("websocket_disconnect", "WebSocket"),
+])
+def test_event_kinds_not_served_are_refused_by_name(app, name, kind):
+    """Not read as another kind ("requestContext.http.method must be a string") nor as a direct
+    invocation ("input_type is missing"): the answer names the kind and what is served."""
+    status, headers, body = call(app, json.loads((EVENTS / f"{name}.json").read_text()))
+    assert status == 400 and body["error"]["code"] == "bad_event", body
+    message = body["error"]["message"]
+    assert message.startswith("unsupported event kind") and kind in message and "function URL" in message
+
+
 def test_rest_event_filter_applies(app):
     _, _, body = call(app, json.loads((EVENTS / "rest_v1_text.json").read_text()))
     assert body["count"] == 2 and all(r["orientation"] == "landscape" for r in body["results"])
