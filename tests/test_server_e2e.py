@@ -267,8 +267,8 @@ def test_gateway_answers_504_after_its_timeout_and_keeps_the_emulator_serialised
         # out in the queue, and is never sent (the emulator must never see two at once).
         got, _, _ = http(f"http://127.0.0.1:{gw.server_address[1]}/search", {"query": "y", "input_type": "text"})
         assert got == 504
-        got, _, _ = http(f"http://127.0.0.1:{gw.server_address[1]}/nowhere", {"a": 1})
-        assert got == 404
+        got, _, body = http(f"http://127.0.0.1:{gw.server_address[1]}/nowhere", {"a": 1})
+        assert got == 403 and json.loads(body) == {"message": "Missing Authentication Token"}
         time.sleep(2.5)
         assert overlaps == [1], "a timed-out invocation must still block the next one"
     finally:
