@@ -90,7 +90,7 @@ def _setup_logging() -> None:
 
 
 def log_json(level: int, **fields: Any) -> None:
-    log.log(level, utf8_json(fields))
+    log.log(level, utf8_json(fields, separators=(", ", ": ")))
 
 
 def json_number(name: str, raw: str) -> int | float:

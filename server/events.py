@@ -167,16 +167,16 @@ def proxy_response(status: int, body: Any | None, headers: dict[str, str] | None
     }
 
 
-def utf8_json(value: Any) -> str:
+def utf8_json(value: Any, separators: tuple[str, str] = (",", ":")) -> str:
     """Compact JSON text that any UTF-8 encoder accepts.
 
     Non-ASCII characters stay as they are, unless the value holds a lone surrogate (a JSON
     "\\ud800" escape decodes to one): the runtime's UTF-8 encoder would fail on it and the caller
     would get a 502, so that text is written with \\u escapes instead.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    text = json.dumps(value, ensure_ascii=False, separators=separators, default=str)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
+        text = json.dumps(value, ensure_ascii=True, separators=separators, default=str)
     return text

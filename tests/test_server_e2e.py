@@ -301,8 +301,10 @@ def test_missing_index_stack_answers_503_and_leaves_no_processes(tmp_path, tiny_
 
 # ----------------------------------------------------------------------------- python -m server.local
 @pytest.mark.slow
-def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, tiny_model_dir, tiny_encoder):
-    """What `make demo` (scripts/demo.py) runs: start, poll GET /health, SIGINT at the end."""
+@pytest.mark.parametrize("verbose", [False, True])
+def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, tiny_model_dir, tiny_encoder, verbose):
+    """What `make demo` (scripts/demo.py) runs: start, poll GET /health, SIGINT at the end. The
+    emulator's START/END/REPORT lines per invocation show only with --verbose."""
     import os
     import re
     import signal
@@ -314,7 +316,8 @@ def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, t
 
     build_index(tmp_path / "index", tiny_encoder, n=3)
     env = {**os.environ, "MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(tmp_path / "index"), "TORCH_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", "0", "--gateway-port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", "0", "--gateway-port", "0",
+                             *(["--verbose"] if verbose else [])],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -337,6 +340,9 @@ def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, t
         assert proc.wait(20) == 0
         gone, alive = psutil.wait_procs(children, timeout=5)
         assert alive == []
+        out += proc.stdout.read()
+        assert '"status": 200' in out  # the function's own line for each request stays
+        assert ("START RequestId:" in out and "REPORT RequestId:" in out) == verbose, out[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
