@@ -71,6 +71,7 @@ class SearchResponse:
     attempts: int = 1
     elapsed_s: float = 0.0
     warning: str | None = None  # the API's, e.g. a random-weight stand-in model
+    cached: bool = False  # the API answered from its text-embedding cache: no encode happened
 
 
 class SearchFailed(ClipsearchError):
@@ -234,7 +235,8 @@ class SearchClient:
         results = [r for r in body["results"] if isinstance(r, dict) and "id" in r]
         took = body.get("took_ms") if isinstance(body.get("took_ms"), dict) else {}
         warning = body.get("warning") if isinstance(body.get("warning"), str) else None
-        return SearchResponse(results, body.get("model"), took, attempts, elapsed, warning[:500] if warning else None)
+        return SearchResponse(results, body.get("model"), took, attempts, elapsed, warning[:500] if warning else None,
+                              cached=body.get("cached") is True)
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:

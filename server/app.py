@@ -234,7 +234,7 @@ class App:
         if query.input_type == "text":
             line["chars"] = len(query.query)
         body = self._ready_service().search(query)
-        line.update(count=body["count"], took_ms=body["took_ms"])
+        line.update(count=body["count"], took_ms=body["took_ms"], cached=body["cached"])
         return 200, body, {}
 
     def _request_data(self, request: HttpRequest) -> Any:

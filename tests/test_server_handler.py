@@ -265,6 +265,12 @@ def test_text_embeddings_are_cached(settings, tiny_encoder):
     search(app, query="three cats", input_type="text")
     assert calls == ["two dogs", "three cats"]
     assert first["results"] == second["results"]
+    # The answer says so: no encode happened (the page shows "cached", not "encode 0.0 ms").
+    assert first["cached"] is False and first["took_ms"]["encode"] > 0
+    assert second["cached"] is True and second["took_ms"]["encode"] == 0
+    assert set(second["took_ms"]) == {"encode", "search", "total"}  # the same fields as before
+    doc = search(app, query="doc01", input_type="id")[2]
+    assert doc["cached"] is False
     cached = app.service.text_cache.get("two dogs")
     assert not cached.flags.writeable
     np.testing.assert_allclose(cached, tiny_encoder.encode_text("two dogs")[0], atol=1e-6)
