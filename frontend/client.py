@@ -152,6 +152,11 @@ def error_message(resp: requests.Response) -> tuple[str, str | None]:
             return str(err["message"]), (str(err["code"]) if err.get("code") else None)
         if body.get("message"):
             return str(body["message"]), None
+    if "html" in resp.headers.get("Content-Type", "").lower() or resp.text.lstrip()[:15].lower().startswith(
+            ("<!doctype html", "<html")):
+        # Not our API (it answers JSON, errors included): another program holds that address.
+        return (f"{resp.url} answered with an HTML page, not the search API's JSON: is another program listening "
+                "there? Set CLIPSEARCH_API_URL to where the API listens"), None
     text = " ".join(resp.text.split())[:200]
     return text or (resp.reason or "no message"), None
 

@@ -137,6 +137,16 @@ def test_non_json_error_body_is_shown_as_text():
             client_for(api.search_url, FakeClock()).search(SearchRequest("x"))
 
 
+def test_an_html_page_is_named_as_another_program_not_echoed():
+    """What `make demo` showed when another server held the gateway's port: "HTTP 501 <!DOCTYPE HTML>"."""
+    page = "<!DOCTYPE HTML>\n<html><head><title>Error response</title></head><body>501</body></html>"
+    with StubApi([Reply(501, page, headers={"Content-Type": "text/html;charset=utf-8"})]) as api:
+        with pytest.raises(ApiError) as err:
+            client_for(api.search_url, FakeClock()).search(SearchRequest("x"))
+    assert "<!DOCTYPE" not in str(err.value) and "another program" in str(err.value), str(err.value)
+    assert api.search_url in str(err.value)
+
+
 def test_parse_retry_after():
     assert parse_retry_after("5") == 5.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None and parse_retry_after("") is None
