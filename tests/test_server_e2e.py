@@ -105,6 +105,13 @@ HTTP_BAD = [
     (b'{"query": "http://localhost/x.jpg", "input_type": "url"}', 400),
     (b'{"query": "nope", "input_type": "id"}', 404),
     (b"\xff\xfe\x00garbage", 400),
+    # Lone surrogates and numbers beyond a double, as JSON text through the gateway and the runtime.
+    (b'{"query": "x", "input_type": "text", "filters": {"\\ud800": "x"}}', 400),
+    (b'{"query": "x", "input_type": "text", "filters": {"orientation": "\\udfff"}}', 400),
+    (b'{"query": "x", "input_type": "text", "filters": {"width": 1' + b"0" * 400 + b'}}', 400),
+    (b'{"query": "x", "input_type": "text", "filters": {"width": {"gte": -1' + b"0" * 400 + b'}}}', 400),
+    (b'{"query": "x", "input_type": "text", "k": 1' + b"0" * 400 + b'}', 400),
+    (b'{"query": "two \\ud800 dogs", "input_type": "text"}', 400),
 ]
 
 
@@ -112,6 +119,14 @@ HTTP_BAD = [
 def test_bad_requests_over_http_get_clear_errors(stack, raw, status):
     got, _, body = http(stack.search_url, raw)
     assert got == status and json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize("query, status", [("k=3", 200), ("k=1_0", 400), ("k=%2010", 400), ("k=10.0", 400),
+                                           ("min_score=0.5&k=2", 200), ("utm_source=x", 400)])
+def test_raw_image_query_strings_over_http(stack, query, status):
+    got, _, body = http(f"{stack.search_url}?{query}", make_image(6, size=(48, 64), fmt="PNG"),
+                        headers={"Content-Type": "image/png"})
+    assert got == status, body
 
 
 def test_a_10_mb_body_is_refused_413(stack):
