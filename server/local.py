@@ -273,11 +273,18 @@ class LocalStack:
 
 
 def _pump(stream: IO[bytes]) -> None:
-    """Copy the emulator's output to our stdout, less its START/END/REPORT line per invocation."""
+    """Copy the emulator's output to our stdout, less its START/END/REPORT line per invocation.
+
+    Reads to the end whatever happens to our stdout: a pipe nobody drains would block the
+    emulator (and the function) on its next write."""
+    writable = True
     for line in iter(stream.readline, b""):
-        if not EMULATOR_REQUEST_LINE.match(line):
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
+        if writable and not EMULATOR_REQUEST_LINE.match(line):
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            except (OSError, ValueError):  # our stdout closed: keep draining
+                writable = False
 
 
 def _die_with_parent() -> None:

@@ -128,8 +128,9 @@ _LOOKS_LIKE = {"url": "an http(s) image URL", "image": "base64 image data", "tex
 def guess_input_type(query: str) -> str | None:
     """The input_type the query's shape suggests, or None when it could be anything (an id).
 
-    Only ever used to suggest, never to reinterpret: a text query may hold a URL."""
-    q = query.strip()
+    Only ever used to suggest, never to reinterpret: a text query may hold a URL. Reads the
+    first 4 KB only: an error message must not cost a scan of a 6 MB body."""
+    q = query[:4096].strip()
     if is_http_url(q) and not any(c.isspace() for c in q):
         return "url"
     if q.startswith("data:image/") or (len(q) >= 200 and _BASE64.fullmatch(q)):
