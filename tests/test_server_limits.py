@@ -101,3 +101,9 @@ def test_the_gateway_answers_413_for_an_event_over_lambdas_limit_and_never_invok
         assert max(emulator.sizes) <= LAMBDA_PAYLOAD_BYTES
     finally:
         gw.shutdown(), gw.server_close(), invoker.close(), emulator.close()
+
+
+def test_the_page_never_sends_an_upload_the_function_cannot_take():
+    from frontend.query import MAX_SEND_BYTES
+
+    assert MAX_SEND_BYTES <= DEFAULT_MAX_IMAGE_BYTES  # larger uploads are re-encoded below it
