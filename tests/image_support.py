@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 
 from scripts.locks import PYPI, REPO, ImagePlatform, Pin, read_requirements, torch_cpu_requires, torch_pin
 
-PIP_TIMEOUT_S = 900
+PIP_TIMEOUT_S = 540  # under pytest.ini's 600 s per test
 
 
 def pip(*args: str, python: str | Path = sys.executable, timeout: float = PIP_TIMEOUT_S) -> subprocess.CompletedProcess:
