@@ -69,7 +69,11 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 
     transformers' PIL backend crops from `(resized - crop) // 2` and, where the resized image is
     smaller than the crop, pads with zeros placing it at `ceil((crop - resized) / 2)`
-    (huggingface/transformers, src/transformers/image_transforms.py, center_crop); both done here."""
+    (huggingface/transformers, src/transformers/image_transforms.py, center_crop); both done here.
+    (Its torchvision backend, the default CLIPImageProcessor since transformers 5, resamples with
+    torch's antialiased bicubic and pads at `(crop - resized) // 2`:
+    src/transformers/image_processing_backends.py, TorchvisionBackend.resize / center_crop. Pixels
+    differ from PIL's slightly; the padding only for checkpoints whose shortest edge is below the crop.)"""
     width, height = img.size
     new_w, new_h = resized_size(width, height, cfg.shortest_edge)
     if max(new_w * new_h, new_w * height, width * new_h) <= FULL_RESIZE_MAX_PIXELS:
