@@ -195,6 +195,8 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     # bf16 vectors are the same model's (one index takes both) but not the same numbers: own cache.
     cache_key = encoder.model_id + ("@bf16" if args.precision == "bf16" else "")
     cache = NoCache() if args.no_cache else EmbeddingCache.open(args.cache_dir, model_id=cache_key, dim=encoder.dim)
+    if cache.damage_report():
+        summary.warnings.append(cache.damage_report())
     summary.add_time("open", time.perf_counter() - t0)
     options = _pipeline_options(args, settings, encoder.device)
     try:

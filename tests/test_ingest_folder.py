@@ -193,3 +193,36 @@ def test_kill_then_resume(tiny_model_env, tmp_path):
     assert len(ids) == len(set(ids)) == 30
     assert set(ids) == {sha(p) for p in folder.iterdir()}
     assert len({index.get(i).metadata["path"] for i in ids}) == 30
+
+
+def _cache_log(tmp_path: Path) -> Path:
+    (log,) = (tmp_path / "cache").glob("*/embeddings.log")
+    return log
+
+
+def test_a_damaged_cache_record_costs_only_its_own_images(tiny_model_env, photos, tmp_path):
+    from ingest.cache import _HEAD
+
+    run(photos, tmp_path)  # batches of 4: three records
+    log = _cache_log(tmp_path)
+    data = bytearray(log.read_bytes())
+    _, head_len, count, _ = _HEAD.unpack_from(data, 0)
+    second = _HEAD.size + head_len + count * 4 * 16  # the tiny model is 16-d
+    data[second + 40] ^= 0xFF  # one flipped byte in the middle record
+    log.write_bytes(bytes(data))
+    shutil.rmtree(tmp_path / "idx")
+
+    again = run(photos, tmp_path)
+    assert (again.encoded, again.from_cache, again.indexed) == (4, 8, 12)
+    assert any("skipped 1 damaged record" in w for w in again.warnings) and "WARNING" in again.render()
+    assert FaissIndex.load(tmp_path / "idx").count() == 12
+
+
+def test_a_damaged_cache_model_file_is_an_ingest_error(tiny_model_env, photos, tmp_path, capsys):
+    run(photos, tmp_path)
+    (model_file,) = (tmp_path / "cache").glob("*/model.json")
+    model_file.write_bytes(b'{"model_id": "clipsearch/tiny-te')
+    argv = ["folder", str(photos), "--index", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ingest: error: embedding cache") and "model.json" in err and "Traceback" not in err
