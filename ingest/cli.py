@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "state (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true",
                    help="do not read or write the embedding cache (a resumed run re-encodes what was not saved)")
+    g.add_argument("--wait", action="store_true",
+                   help="if another ingest is writing the same embedded index, wait for it to finish "
+                        "(default: exit at once saying so)")
     g = common.add_argument_group("pipeline")
     g.add_argument("--batch-size", type=_positive, help="images per forward pass (default: 32 on CPU, 256 on CUDA)")
     g.add_argument("--decode-workers", type=_non_negative,
@@ -185,6 +188,21 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     summary = Summary(args.source)
     progress = Progress(False if args.quiet else None)
 
+    from ingest.lock import lock_index
+
+    # The embedded index is written whole at each save: one ingest at a time per directory.
+    index_lock = lock_index(settings.index_path, wait=args.wait) if settings.backend == "faiss" else None
+    try:
+        _run(args, settings, summary, progress)
+    finally:
+        if index_lock is not None:
+            index_lock.close()
+        progress.close()
+        summary.total_seconds = time.perf_counter() - started
+    return summary
+
+
+def _run(args, settings: Settings, summary: Summary, progress: Progress) -> None:
     from clipsearch.index import open_index
     from ingest.cache import EmbeddingCache, NoCache
     from ingest.pipeline import Pipeline
@@ -206,9 +224,6 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
         summary.index_count = index.count()
     finally:
         cache.close()
-        progress.close()
-        summary.total_seconds = time.perf_counter() - started
-    return summary
 
 
 def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:

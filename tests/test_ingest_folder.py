@@ -226,3 +226,49 @@ def test_a_damaged_cache_model_file_is_an_ingest_error(tiny_model_env, photos, t
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("ingest: error: embedding cache") and "model.json" in err and "Traceback" not in err
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_concurrent_ingests_into_one_index_exclude_each_other(tiny_model_env, tmp_path):
+    """Two real `python -m ingest` runs into one index: the second exits at once naming the
+    first's pid (it would otherwise overwrite the first's documents with its own at each save),
+    or with --wait waits for it; in the end the index has both folders' documents."""
+    folders = {}
+    for name, seed in (("one", 3000), ("two", 4000)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i in range(8):
+            (folders[name] / f"{name}{i}.jpg").write_bytes(make_image(seed + i, size=(96, 64)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cmd(folder, *extra):
+        return [sys.executable, "-m", "ingest", "folder", str(folder), "--index", str(tmp_path / "idx"),
+                "--cache-dir", str(tmp_path / "cache"), "--quiet", "--batch-size", "2", "--json", *extra]
+
+    first = subprocess.Popen(cmd(folders["one"], "--batch-delay", "0.4"), cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "idx" / "ingest.lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()
+        busy = subprocess.run(cmd(folders["two"]), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None  # it really overlapped the first run
+        assert busy.returncode == 1
+        assert busy.stderr.startswith(f"ingest: error: another ingest (pid {first.pid}) is writing ")
+        assert "--wait" in busy.stderr and "Traceback" not in busy.stderr
+        waited = subprocess.run(cmd(folders["two"], "--wait"), cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=180)
+        assert waited.returncode == 0, waited.stderr
+        assert f"another ingest (pid {first.pid})" in waited.stderr and "waiting" in waited.stderr
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert json.loads(out.splitlines()[-1])["indexed"] == 8
+    assert json.loads(waited.stdout.splitlines()[-1])["index_count"] == 16
+    ids = FaissIndex.load(tmp_path / "idx").ids()
+    assert sorted(ids) == sorted(sha(p) for f in folders.values() for p in f.iterdir())
