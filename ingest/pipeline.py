@@ -27,8 +27,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from clipsearch.encoder import Encoder
-from clipsearch.errors import ImageTooLarge
+from clipsearch.errors import ImageTooLarge, InvalidInput
 from clipsearch.index import Document, VectorIndex
+from clipsearch.index.base import vector_problem
 from clipsearch.schema import orientation
 from ingest.cache import EmbeddingCache, NoCache
 from ingest.decode import Decoded, DecodeLimits, decode_chunk, normalize_batch
@@ -144,6 +145,7 @@ class Pipeline:
         self._ready: list[tuple[str, Document]] = []
         self._batches_written = self._saved_at = 0
         self._model_ready = False
+        self._bad_cached = 0
         self.decode_fn = decode_chunk  # the decode stage's task (module-level: it runs in workers)
 
     # -- the runner ------------------------------------------------------------------------
@@ -159,6 +161,9 @@ class Pipeline:
         finally:
             self._executor_in_use.shutdown(wait=True, cancel_futures=True)
         self._timed("write", self._write)
+        if self._bad_cached:
+            self.summary.warnings.append(f"{self._bad_cached} vector(s) in the embedding cache were not unit vectors "
+                                         "(a damaged cache): those images were encoded again")
         return self.done
 
     def _loop(self, items, executor: Executor) -> None:
@@ -286,7 +291,9 @@ class Pipeline:
     def _known_vector(self, doc_id: str) -> tuple[np.ndarray, dict] | None:
         cached = self.cache.get(doc_id)
         if cached is not None:
-            return cached
+            if vector_problem(cached[0], self.index.dim) is None:
+                return cached
+            self._bad_cached += 1  # a damaged (or hostile) cache entry: encode the image again
         if doc_id in self.indexed_ids:  # e.g. a moved file: same bytes, new path; reuse its vector
             doc = self.index.get(doc_id)
             extras = {k: doc.metadata[k] for k in ("width", "height") if k in doc.metadata}
@@ -322,9 +329,17 @@ class Pipeline:
         self.summary.encoded += len(batch)
         self.progress.update("encode", len(batch))
         t0 = time.perf_counter()
-        extras = [{"width": e.size[0], "height": e.size[1]} for e, _ in batch]
-        self.cache.append([e.doc_id for e, _ in batch], vectors, extras)  # durable before the index
-        for (entry, _), vector, extra in zip(batch, vectors, extras):
+        good = []
+        for (entry, _), vector in zip(batch, vectors):
+            problem = vector_problem(vector, self.index.dim)
+            if problem is None:
+                good.append((entry, vector, {"width": entry.size[0], "height": entry.size[1]}))
+            else:  # a model that overflows on some input: that image is reported, the run goes on
+                self.summary.fail(entry.item.key, f"invalid_vector: the encoder's {problem}")
+                self._seen.discard(entry.doc_id)
+        if good:  # durable before the index
+            self.cache.append([e.doc_id for e, _, _ in good], np.stack([v for _, v, _ in good]), [x for _, _, x in good])
+        for entry, vector, extra in good:
             self._ready.append((entry.item.key, Document(entry.doc_id, vector, self._metadata(entry.item, entry.doc_id, extra))))
         self._write()
         self.summary.add_time("write", time.perf_counter() - t0)
@@ -345,12 +360,25 @@ class Pipeline:
         if not self._ready:
             return
         ready, self._ready = self._ready, []
-        self.summary.indexed += self.index.upsert([doc for _, doc in ready])
+        try:
+            self.summary.indexed += self.index.upsert([doc for _, doc in ready])
+        except InvalidInput:  # some document the index refuses: write the others, report that one
+            ready = self._write_one_by_one(ready)
         for key, doc in ready:
             self.done[key] = doc.id
             self.indexed_ids.add(doc.id)
         self.progress.update("index", len(ready))
         self._batches_written += 1
+
+    def _write_one_by_one(self, ready: list[tuple[str, Document]]) -> list[tuple[str, Document]]:
+        written = []
+        for key, doc in ready:
+            try:
+                self.summary.indexed += self.index.upsert([doc])
+                written.append((key, doc))
+            except InvalidInput as exc:
+                self.summary.fail(key, f"invalid_document: {exc}")
+        return written
 
     def _maybe_save(self) -> None:
         if self._batches_written - self._saved_at >= max(1, self.opts.save_every):

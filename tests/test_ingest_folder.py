@@ -272,3 +272,39 @@ def test_concurrent_ingests_into_one_index_exclude_each_other(tiny_model_env, tm
     assert json.loads(waited.stdout.splitlines()[-1])["index_count"] == 16
     ids = FaissIndex.load(tmp_path / "idx").ids()
     assert sorted(ids) == sorted(sha(p) for f in folders.values() for p in f.iterdir())
+
+
+def test_vectors_that_are_not_unit_length_are_skipped_and_reported(tiny_model_dir, monkeypatch, photos, tmp_path):
+    """A checkpoint whose image projection holds NaN (a broken or overflowing model): every
+    image is reported as invalid_vector, nothing reaches the index or the cache, the run ends."""
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["visual_projection.weight"][:] = np.nan
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setenv("MODEL_PATH", str(broken))
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    summary = run(photos, tmp_path)
+    assert (summary.encoded, summary.indexed, len(summary.failed)) == (12, 0, 12)
+    assert all(r == "invalid_vector: the encoder's vector contains NaN or infinity" for _, r in summary.failed)
+    assert FaissIndex.load(tmp_path / "idx").count() == 0
+    assert _cache_log(tmp_path).stat().st_size == 0
+
+
+def test_a_cached_vector_that_is_not_unit_length_is_encoded_again(tiny_model_env, photos, tmp_path):
+    from ingest.cache import EmbeddingCache
+
+    run(photos, tmp_path)
+    files = sorted(p for p in photos.rglob("*") if p.is_file())
+    with EmbeddingCache.open(tmp_path / "cache", model_id="clipsearch/tiny-test", dim=16) as cache:
+        bad = np.stack([np.full(16, np.nan), np.full(16, 3.0)]).astype(np.float32)  # checksummed, but not unit
+        cache.append([sha(files[0]), sha(files[5])], bad, [{}, {}])
+    shutil.rmtree(tmp_path / "idx")
+    again = run(photos, tmp_path)
+    assert (again.encoded, again.from_cache, again.indexed, len(again.failed)) == (2, 10, 12, 0)
+    assert any("2 vector(s) in the embedding cache were not unit vectors" in w for w in again.warnings)
+    index = FaissIndex.load(tmp_path / "idx")
+    for f in (files[0], files[5]):
+        assert abs(np.linalg.norm(index.get(sha(f)).vector) - 1) < 1e-5
