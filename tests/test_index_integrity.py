@@ -138,7 +138,8 @@ def test_a_non_finite_or_non_unit_row_is_refused_naming_it(tmp_path, bad, norm, 
     (b"null", "line 8 is a JSON NoneType"),
     (b'{"n": NaN}', "line 8 is not JSON"),
     (b'{"n": 1', "line 8 is not JSON"),
-    (b'{"caption": "caf\xe9"}', "line 8 is not JSON"),  # Latin-1, not UTF-8
+    (b'{"n": 7}, {"n": 8}', "line 8 is not JSON"),  # two rows on one line would shift the rest
+    (b'{"caption": "caf\xe9"}', "line 8 is not UTF-8"),  # Latin-1
 ])
 def test_a_metadata_row_that_is_not_a_json_object_is_refused(tmp_path, row, problem):
     saved(tmp_path / "idx")

@@ -134,8 +134,9 @@ def parse_ids(data: bytes, count: int, file: Path) -> list[str]:
         raise IndexCorrupt(file, f"not JSON ({exc})") from None
     if not isinstance(ids, list) or len(ids) != count:
         raise IndexCorrupt(file, f"not a list of {count} ids, as its manifest says")
+    escapes = _SURROGATE_ESCAPE.search(data) is not None  # the only way an id can hold a surrogate
     for i, doc_id in enumerate(ids):
-        if not isinstance(doc_id, str) or not doc_id or has_surrogates(doc_id):
+        if not isinstance(doc_id, str) or not doc_id or (escapes and has_surrogates(doc_id)):
             raise IndexCorrupt(file, f"entry {i} ({doc_id!r}) is not a document id")
     if len(set(ids)) != len(ids):
         raise IndexCorrupt(file, "an id appears twice")
@@ -146,37 +147,63 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every row: json.loads with an option builds a new one per call (a third of the
+# parse time for 25k rows).
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)  # NaN / Infinity are not JSON
+
+
 def parse_metadata(data: bytes, count: int, file: Path) -> list[dict]:
     """One JSON object per line; strings UTF-8 cannot encode are repaired (and logged), since a
     JSON answer holding one cannot be sent."""
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise IndexCorrupt(file, f"line {line} is not UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != count:
         raise IndexCorrupt(file, f"{len(lines)} rows where its manifest says {count}")
-    rows, repaired = [], 0
-    for n, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line.decode("utf-8"), parse_constant=_no_constants)  # NaN / Infinity are not JSON
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IndexCorrupt(file, f"line {n} is not JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise IndexCorrupt(file, f"line {n} is a JSON {type(row).__name__}, not an object")
-        if _SURROGATE_ESCAPE.search(line):
-            fixed = json_safe(row)
-            repaired += fixed != row
-            row = fixed
-        rows.append(row)
-    if repaired:
-        log.warning("%s: %d rows held text that is not valid Unicode (lone surrogates); served with U+FFFD instead",
-                    file, repaired)
+    try:  # one parse of the whole file: a third of the time of one per line
+        rows = _DECODER.decode("[" + ",".join(lines) + "]")
+    except ValueError:
+        rows = None
+    # A line holding two values or none would shift the rows: every line must hold exactly one
+    # object (a JSON value cannot span lines: raw newlines are not allowed inside strings).
+    if rows is None or len(rows) != count or not all(isinstance(row, dict) for row in rows):
+        _diagnose(lines, file)
+    if _SURROGATE_ESCAPE.search(data):
+        repaired = 0
+        for i, line in enumerate(lines):
+            if _SURROGATE_ESCAPE.search(line.encode()):
+                fixed = json_safe(rows[i])
+                repaired += fixed != rows[i]
+                rows[i] = fixed
+        if repaired:
+            log.warning("%s: %d rows held text that is not valid Unicode (lone surrogates); served with U+FFFD "
+                        "instead", file, repaired)
     return rows
 
 
-def check_unit_rows(vectors: np.ndarray, first_row: int, file: Path) -> None:
-    """Every row finite and of unit length: a NaN row never scores, a huge one outscores all."""
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
-    bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)  # NaN compares false: bad
+def _diagnose(lines: list[str], file: Path) -> None:
+    """Raise IndexCorrupt naming the first line that is not one JSON object."""
+    for n, line in enumerate(lines, start=1):
+        try:
+            row = _DECODER.decode(line)
+        except ValueError as exc:
+            raise IndexCorrupt(file, f"line {n} is not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise IndexCorrupt(file, f"line {n} is a JSON {type(row).__name__}, not an object")
+    raise IndexCorrupt(file, "its rows are not one JSON object per line")
+
+
+def check_unit_rows(vectors: np.ndarray, first_row: int, file: Path) -> np.ndarray:
+    """Every row finite and of unit length (a NaN row never scores, a huge one outscores all);
+    returns the rows' norms."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # overflow gives inf: refused too
+    bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)  # NaN compares false: refused
     if bad.any():
         row = int(np.argmax(bad))
         raise IndexCorrupt(file, f"row {first_row + row} is not a unit vector (norm {norms[row]:.6g})")
+    return norms
