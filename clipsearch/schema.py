@@ -72,3 +72,15 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def display_text(text: str) -> str:
+    """`text` made printable and JSON-safe for reports and metadata, keeping what a file name's
+    undecodable bytes were: os.fsdecode's escapes (U+DC80-U+DCFF) become `\\xNN`, any other
+    lone surrogate U+FFFD."""
+    if not has_surrogates(text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return json_safe(text)

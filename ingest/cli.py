@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
+from clipsearch.schema import display_text
 from ingest.decode import DecodeLimits
 from ingest.download import RetryPolicy
 from ingest.progress import Progress, Summary
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Index every JPEG/PNG/WebP/GIF under PATH. Incremental: unchanged files "
                                     "are skipped, deleted files are removed from the index.")
     fo.add_argument("path", metavar="PATH", help="folder to scan recursively")
+    fo.add_argument("--follow-links", action="store_true",
+                    help="follow symbolic links that lead out of PATH, to files and directories (default: only "
+                         "links that stay inside PATH; devices, FIFOs and /proc, /sys, /dev are never read)")
     ap.set_defaults(_subparsers=(un, fo))
     return ap
 
@@ -248,7 +252,7 @@ def _folder(args, settings: Settings, pipeline: Pipeline) -> None:
     root = folder.resolve_root(args.path)
     state = folder.FolderState.for_index(Path(args.cache_dir) / "state", root, _index_location(settings))
     t0 = time.perf_counter()
-    fplan = folder.plan(root, state, pipeline.indexed_ids)
+    fplan = folder.plan(root, state, pipeline.indexed_ids, summary.skipped, follow_links=args.follow_links)
     summary.add_time("scan", time.perf_counter() - t0)
     summary.found = len(fplan.stats)
     if fplan.unchanged:
@@ -271,11 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser_args = build_parser().parse_args(argv)  # exits 2 with usage on bad options
     try:
         summary = execute(argv)
-    except ClipsearchError as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a model directory or index path that cannot be read or written
-        print(f"ingest: error: {exc}", file=sys.stderr)
+    except (ClipsearchError, OSError) as exc:  # OSError: a model or index path that cannot be read or written
+        print(f"ingest: error: {display_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ingest: interrupted; run the same command again to resume", file=sys.stderr)

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipsearch.schema import display_text
+
 
 STAGES = ("download", "read", "decode", "encode", "write", "save")
 
@@ -59,7 +61,8 @@ class Summary:
     warnings: list[str] = field(default_factory=list)  # run-level problems worked around (a damaged cache)
 
     def fail(self, key: str, reason: str) -> None:
-        self.failed.append((key, reason))
+        # Printed and written as JSON: a file name that is not UTF-8 must not end the run here.
+        self.failed.append((display_text(key), display_text(reason)))
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds

@@ -57,7 +57,7 @@ def test_folder_documents_and_vectors(tiny_model_env, photos, tmp_path, tiny_enc
     for path in files[:4]:
         doc = index.get(sha(path))
         img = decode_image(path.read_bytes())
-        assert doc.metadata == {"source": "folder", "path": str(path.resolve()), "width": img.width,
+        assert doc.metadata == {"source": "folder", "path": str(path.relative_to(photos)), "width": img.width,
                                 "height": img.height, "orientation": "landscape", "content_hash": sha(path)}
         # The pipeline's workers + batch normalisation give exactly the query path's vector.
         np.testing.assert_allclose(doc.vector, tiny_encoder.encode_images([img])[0], atol=1e-5)
@@ -117,7 +117,7 @@ def test_incremental_changes_deletes_moves(tiny_model_env, photos, tmp_path):
     assert index.count() == 12 - 1 + 1
     ids = set(index.ids())
     assert old_changed not in ids and old_deleted not in ids and sha(changed) in ids
-    assert index.get(moved_id).metadata["path"] == str(moved_to.resolve())
+    assert index.get(moved_id).metadata["path"] == "sub/renamed.jpg"
 
     third = run(photos, tmp_path)  # nothing changed: nothing read, encoded or written
     assert (third.encoded, third.from_cache, third.indexed, third.deleted) == (0, 0, 0, 0)
