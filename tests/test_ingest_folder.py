@@ -200,20 +200,25 @@ def _cache_log(tmp_path: Path) -> Path:
     return log
 
 
-def test_a_damaged_cache_record_costs_only_its_own_images(tiny_model_env, photos, tmp_path):
+@pytest.mark.parametrize("damage, encoded", [("flip", 4), ("cut", 4), ("insert", 0)])
+def test_a_damaged_cache_record_costs_only_its_own_images(tiny_model_env, photos, tmp_path, damage, encoded):
+    """Three records of four images; the middle one damaged (a flipped byte, 20 bytes lost) costs
+    its four images a new encode, and stray bytes between records cost nothing."""
     from ingest.cache import _HEAD
 
     run(photos, tmp_path)  # batches of 4: three records
     log = _cache_log(tmp_path)
-    data = bytearray(log.read_bytes())
+    data = log.read_bytes()
     _, head_len, count, _ = _HEAD.unpack_from(data, 0)
     second = _HEAD.size + head_len + count * 4 * 16  # the tiny model is 16-d
-    data[second + 40] ^= 0xFF  # one flipped byte in the middle record
-    log.write_bytes(bytes(data))
+    damaged = {"flip": data[: second + 40] + bytes([data[second + 40] ^ 0xFF]) + data[second + 41 :],
+               "cut": data[: second + 40] + data[second + 60 :],
+               "insert": data[:second] + b"\x00garbage\xff" * 7 + data[second:]}[damage]
+    log.write_bytes(damaged)
     shutil.rmtree(tmp_path / "idx")
 
     again = run(photos, tmp_path)
-    assert (again.encoded, again.from_cache, again.indexed) == (4, 8, 12)
+    assert (again.encoded, again.from_cache, again.indexed) == (encoded, 12 - encoded, 12)
     assert any("skipped 1 damaged record" in w for w in again.warnings) and "WARNING" in again.render()
     assert FaissIndex.load(tmp_path / "idx").count() == 12
 
