@@ -142,7 +142,7 @@ def show(outcome: dict[str, Any]) -> None:
     if not response.results:
         st.info(render.empty_reason(request))
         return
-    timing = render.timing_line(response.took_ms)
+    timing = render.timing_line(response.took_ms, response.cached)
     count = f"{len(response.results)} result{'s' if len(response.results) != 1 else ''}"
     st.caption(" · ".join(x for x in (count, timing, response.model) if x))
     n = 0

@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
 DEFAULT_API_URL = "http://localhost:8000/search"  # the local gateway of `make demo`
 
+# The largest image a query can carry. A synchronous Lambda invocation's payload is at most 6 MB
+# (Lambda quotas; the Invoke API refuses more with "Request must be smaller than 6291456 bytes"),
+# however the image arrives: base64 in a JSON body (direct invocation, or POST /search), or
+# raw bytes that API Gateway base64-encodes into the proxy event (binary media types). Base64
+# takes 4 bytes per 3, and the event's envelope (headers twice, at most 10,240 bytes of header
+# values per API Gateway's quotas, plus the request context) is budgeted at 32 KiB. API Gateway
+# itself accepts 10 MB, but a larger body can never reach the function.
+LAMBDA_PAYLOAD_BYTES = 6 * 1024 * 1024
+EVENT_ENVELOPE_BYTES = 32 * 1024
+DEFAULT_MAX_IMAGE_BYTES = (LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES) // 4 * 3  # 4,694,016
+
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name, "")
@@ -75,7 +86,8 @@ class Settings:
     opensearch_timeout: int = 10  # seconds per request (bulk and force-merge get longer)
     opensearch_force_merge: bool = False  # merge to one segment at the end of a load
     preload_image_tower: bool = False
-    max_image_bytes: int = 10 * 1024 * 1024
+    # What fits one invocation (above); a larger value only helps `url` queries, which fetch the image.
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = 40_000_000
     # Browser origins the handler echoes in Access-Control-Allow-Origin; empty = no CORS headers.
     cors_allow_origins: tuple[str, ...] = ()
@@ -126,7 +138,7 @@ class Settings:
             opensearch_timeout=_int(env, "OPENSEARCH_TIMEOUT", 10),
             opensearch_force_merge=_bool(env, "OPENSEARCH_FORCE_MERGE", False),
             preload_image_tower=_bool(env, "PRELOAD_IMAGE_TOWER", False),
-            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
             cors_allow_origins=tuple(o.strip() for o in env.get("CORS_ALLOW_ORIGINS", "").split(",") if o.strip()),
             api_url=get("CLIPSEARCH_API_URL", DEFAULT_API_URL).strip(),

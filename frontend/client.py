@@ -71,6 +71,7 @@ class SearchResponse:
     attempts: int = 1
     elapsed_s: float = 0.0
     warning: str | None = None  # the API's, e.g. a random-weight stand-in model
+    cached: bool = False  # the API answered from its text-embedding cache: no encode happened
 
 
 class SearchFailed(ClipsearchError):
@@ -151,6 +152,11 @@ def error_message(resp: requests.Response) -> tuple[str, str | None]:
             return str(err["message"]), (str(err["code"]) if err.get("code") else None)
         if body.get("message"):
             return str(body["message"]), None
+    if "html" in resp.headers.get("Content-Type", "").lower() or resp.text.lstrip()[:15].lower().startswith(
+            ("<!doctype html", "<html")):
+        # Not our API (it answers JSON, errors included): another program holds that address.
+        return (f"{resp.url} answered with an HTML page, not the search API's JSON: is another program listening "
+                "there? Set CLIPSEARCH_API_URL to where the API listens"), None
     text = " ".join(resp.text.split())[:200]
     return text or (resp.reason or "no message"), None
 
@@ -234,7 +240,8 @@ class SearchClient:
         results = [r for r in body["results"] if isinstance(r, dict) and "id" in r]
         took = body.get("took_ms") if isinstance(body.get("took_ms"), dict) else {}
         warning = body.get("warning") if isinstance(body.get("warning"), str) else None
-        return SearchResponse(results, body.get("model"), took, attempts, elapsed, warning[:500] if warning else None)
+        return SearchResponse(results, body.get("model"), took, attempts, elapsed, warning[:500] if warning else None,
+                              cached=body.get("cached") is True)
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:

@@ -69,12 +69,15 @@ def score_text(score: Any) -> str:
         return "score ?"
 
 
-def timing_line(took_ms: dict[str, Any]) -> str | None:
-    """'encode 12 ms · search 1 ms · total 15 ms' from what the API reported."""
+def timing_line(took_ms: dict[str, Any], cached: bool = False) -> str | None:
+    """'encode 12 ms · search 1 ms · total 15 ms' from what the API reported; 'encode cached'
+    when the API answered from its text-embedding cache (its encode time is then 0)."""
     parts = []
     for key in ("encode", "search", "total"):
         value = took_ms.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key == "encode" and cached:
+            parts.append("encode cached")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             parts.append(f"{key} {value:.0f} ms" if value >= 10 else f"{key} {value:.1f} ms")
     return " · ".join(parts) or None
 

@@ -2,6 +2,11 @@
 
     python -m scripts.demo            # Unsplash Lite sample (DEMO_LIMIT photos, default 500)
     DEMO_FOLDER=~/Pictures make demo  # your own photos instead
+    DEMO_GATEWAY_PORT=8100 make demo  # other ports: DEMO_LAMBDA_PORT (9000), DEMO_GATEWAY_PORT (8000),
+                                      # DEMO_UI_PORT (8501); DEMO_UI_ADDRESS (127.0.0.1) to serve the UI wider
+
+The ports are checked before anything else runs: one in use stops the demo at once, naming it
+and the variable that moves it.
 
 Model: MODEL_PATH or MODEL_ID as configured. Where the model hub cannot be reached and no
 MODEL_PATH is set, a random-weight ViT-B/32 is built locally so every piece still runs end to
@@ -11,12 +16,16 @@ reached, a generated sample folder is ingested instead.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +34,41 @@ DATA = REPO / "data"
 
 def say(msg: str) -> None:
     print(f"\n==> {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class Port:
+    variable: str
+    what: str
+    number: int
+    host: str = "127.0.0.1"
+
+
+def demo_ports(env: dict[str, str]) -> tuple[Port, Port, Port]:
+    """The Lambda, gateway and UI ports from DEMO_*_PORT, or SystemExit saying what is wrong."""
+    ports = []
+    for variable, what, default in (("DEMO_LAMBDA_PORT", "Lambda invocation URL", 9000),
+                                    ("DEMO_GATEWAY_PORT", "API gateway", 8000), ("DEMO_UI_PORT", "web page", 8501)):
+        raw = env.get(variable, "").strip() or str(default)
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 65535:
+            raise SystemExit(f"{variable}={raw!r} is not a port number (1 to 65535)")
+        host = (env.get("DEMO_UI_ADDRESS", "").strip() or "127.0.0.1") if variable == "DEMO_UI_PORT" else "127.0.0.1"
+        ports.append(Port(variable, what, int(raw), host))
+    numbers = [p.number for p in ports]
+    if len(set(numbers)) < len(numbers):
+        raise SystemExit(f"the demo needs three different ports, got {', '.join(f'{p.variable}={p.number}' for p in ports)}")
+    return ports[0], ports[1], ports[2]
+
+
+def check_free(ports: tuple[Port, ...]) -> None:
+    """SystemExit naming the first port something else listens on, and how to pick another."""
+    for port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in port.host else socket.AF_INET) as probe:
+            try:
+                probe.bind((port.host, port.number))
+            except OSError as exc:
+                raise SystemExit(f"port {port.number} on {port.host} ({port.what}) is not free: {exc.strerror}. "
+                                 f"Stop what uses it, or choose another port: {port.variable}=N make demo") from None
 
 
 def reachable(url: str, timeout: float = 4.0) -> bool:
@@ -94,13 +138,51 @@ def ingest(env: dict[str, str]) -> None:
     subprocess.run(cmd + ["--index", env["INDEX_PATH"]], env=env, cwd=REPO, check=True)
 
 
-def wait_http(url: str, seconds: float) -> None:
+def wait_ready(server: subprocess.Popen, url: str, seconds: float) -> int:
+    """Wait until OUR server answers GET /health (200, or 503 with the function's JSON error):
+    any HTTP answer is not enough, another program may hold the port. SystemExit if the server
+    process exits or nothing of ours answers in time."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if reachable(url, timeout=1.0):
-            return
+        if server.poll() is not None:
+            raise SystemExit(f"the local server (python -m server.local) exited with code {server.returncode}; "
+                             "its message is above")
+        status = _health(url)
+        if status is not None:
+            return status
         time.sleep(0.3)
-    raise SystemExit(f"nothing answered at {url} within {seconds:.0f} s")
+    raise SystemExit(f"the local server did not answer {url} within {seconds:.0f} s")
+
+
+def _health(url: str) -> int | None:
+    """200 or 503 when the function answered (a JSON object: health, or the error saying why not)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if status == 200 and isinstance(body, dict) and body.get("status") == "ok":
+        return 200
+    if status == 503 and isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return 503
+    return None
+
+
+def ui_command(ui: Port) -> list[str]:
+    """`streamlit run`, on the UI's port and address (127.0.0.1 unless DEMO_UI_ADDRESS asks wider)."""
+    return [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(ui.number),
+            "--server.address", ui.host, "--browser.gatherUsageStats", "false"]
+
+
+def ui_url(ui: Port) -> str:
+    host = "localhost" if ui.host in ("0.0.0.0", "::") else ui.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{ui.number}"
 
 
 def _interrupt(signum, frame) -> None:
@@ -113,24 +195,28 @@ def main() -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     env = dict(os.environ)
+    lambda_port, gateway_port, ui_port = demo_ports(env)
+    check_free((lambda_port, gateway_port, ui_port))  # before minutes of ingest, not after
     env.setdefault("INDEX_PATH", str(DATA / "index"))
     env.setdefault("HF_HUB_OFFLINE", "0")
     choose_model(env)
     ingest(env)
-    lambda_port, gateway_port = env.get("DEMO_LAMBDA_PORT", "9000"), env.get("DEMO_GATEWAY_PORT", "8000")
-    say(f"serving: Lambda emulator on :{lambda_port}, gateway on :{gateway_port}")
-    server = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", lambda_port,
-                               "--gateway-port", gateway_port], env=env, cwd=REPO)
+    check_free((lambda_port, gateway_port, ui_port))  # something may have taken one meanwhile
+    say(f"serving: Lambda emulator on :{lambda_port.number}, gateway on :{gateway_port.number}")
+    server = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", str(lambda_port.number),
+                               "--gateway-port", str(gateway_port.number)], env=env, cwd=REPO)
     ui = None
     try:
-        wait_http(f"http://127.0.0.1:{gateway_port}/health", 120)
-        env["CLIPSEARCH_API_URL"] = f"http://localhost:{gateway_port}/search"
-        say(f'try: curl -XPOST "http://localhost:{lambda_port}/2015-03-31/functions/function/invocations" '
+        wait_ready(server, f"http://127.0.0.1:{gateway_port.number}/health", 120)
+        env["CLIPSEARCH_API_URL"] = f"http://127.0.0.1:{gateway_port.number}/search"
+        say(f'try: curl -XPOST "http://localhost:{lambda_port.number}/2015-03-31/functions/function/invocations" '
             "-d '{\"query\": \"two dogs\", \"input_type\": \"text\"}'")
-        say("UI: http://localhost:8501  (Ctrl-C stops everything)")
-        ui = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-                               "--browser.gatherUsageStats", "false"], env=env, cwd=REPO)
-        ui.wait()
+        say(f"UI: {ui_url(ui_port)}  (Ctrl-C stops everything)")
+        ui = subprocess.Popen(ui_command(ui_port), env=env, cwd=REPO)
+        while ui.poll() is None:
+            if server.poll() is not None:
+                raise SystemExit(f"the local server exited with code {server.returncode}; its message is above")
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -24,8 +24,9 @@ from typing import Any
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError, ImageTooLarge, InvalidInput, ModelMismatch
+from clipsearch.index.filters import show
 from server.errors import HttpError, ServiceUnavailable, to_http
-from server.events import HttpRequest, cors_headers, parse_event, proxy_response
+from server.events import HttpRequest, cors_headers, parse_event, parse_json, proxy_response, utf8_json
 from server.fetch import SafeFetcher
 from server.models import parse_request
 from server.service import SearchService
@@ -35,6 +36,9 @@ TORCH_QUERY_THREADS = 1  # TORCH_THREADS unset, torch encoder: see query_threads
 MAX_QUERY_THREADS = 4  # a 10-token query gains nothing measurable past this
 LAMBDA_MB_PER_VCPU = 1769  # "at 1,769 MB, a function has the equivalent of one vCPU" (Lambda docs)
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+RAW_IMAGE_OPTIONS = ("k", "min_score")
+# RFC 8259's number grammar, ASCII digits only (\d would also match other scripts' digits).
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 JSON_OVERHEAD_BYTES = 64 * 1024
 
 log = logging.getLogger("clipsearch.server")
@@ -86,7 +90,22 @@ def _setup_logging() -> None:
 
 
 def log_json(level: int, **fields: Any) -> None:
-    log.log(level, json.dumps(fields, default=str, ensure_ascii=False))
+    log.log(level, utf8_json(fields, separators=(", ", ": ")))
+
+
+def json_number(name: str, raw: str) -> int | float:
+    """A query-string value read as the JSON number it spells, or InvalidInput."""
+    if _JSON_NUMBER.fullmatch(raw):
+        try:
+            return parse_json(raw)
+        except InvalidInput:  # an integer of more than 4,300 digits
+            pass
+    raise InvalidInput(f"query-string parameter {name}={show(raw)} is not a number as JSON writes one "
+                       f"(ASCII digits, no spaces, underscores or leading zeros), e.g. {name}=5")
+
+
+def _names(query: dict[str, str]) -> str:
+    return ", ".join(sorted(show(n, 30) for n in query)[:5]) + (f" and {len(query) - 5} more" if len(query) > 5 else "")
 
 
 class App:
@@ -215,29 +234,36 @@ class App:
         if query.input_type == "text":
             line["chars"] = len(query.query)
         body = self._ready_service().search(query)
-        line.update(count=body["count"], took_ms=body["took_ms"])
+        line.update(count=body["count"], took_ms=body["took_ms"], cached=body["cached"])
         return 200, body, {}
 
     def _request_data(self, request: HttpRequest) -> Any:
         max_bytes = self.settings.max_image_bytes * 4 // 3 + JSON_OVERHEAD_BYTES
         if request.source != "direct" and request.content_type in RAW_IMAGE_TYPES:
             return self._raw_image_query(request)
+        if request.query:
+            # Refused rather than ignored, as unknown body fields are: `?k=5` on a JSON search
+            # would otherwise silently give the default 10 results.
+            raise InvalidInput(f"unknown query-string parameter(s) {_names(request.query)}: a JSON search takes every "
+                               "option in its body (k, filters, min_score); only a raw image POST reads k and "
+                               "min_score from the query string")
         return request.json_body(max_bytes)
 
     def _raw_image_query(self, request: HttpRequest) -> dict[str, Any]:
-        """An image POSTed as the body itself (API Gateway's binary media types), options in the query string."""
+        """An image POSTed as the body itself (API Gateway's binary media types), options in the query string.
+
+        The options become the same JSON values a body would carry and go through the same strict
+        models: `k=1_0` or `k=%2010` are refused (Python's int() would take both as 10)."""
         if not request.body:
             raise InvalidInput("the image body is empty")
         if len(request.body) > self.settings.max_image_bytes:
             raise ImageTooLarge("bytes", len(request.body), self.settings.max_image_bytes)
-        data: dict[str, Any] = {"query": base64.b64encode(request.body).decode("ascii"), "input_type": "image"}
-        for name, convert in (("k", int), ("min_score", float)):
-            if name in request.query:
-                try:
-                    data[name] = convert(request.query[name])
-                except ValueError:
-                    raise InvalidInput(f"query-string parameter {name}={request.query[name]!r} is not a number") from None
-        unknown = sorted(set(request.query) - {"k", "min_score"})
+        unknown = {name: v for name, v in request.query.items() if name not in RAW_IMAGE_OPTIONS}
         if unknown:
-            raise InvalidInput(f"unknown query-string parameter(s) {', '.join(unknown)}: only k and min_score")
+            raise InvalidInput(f"unknown query-string parameter(s) {_names(unknown)}: a raw image POST takes only "
+                               f"{' and '.join(RAW_IMAGE_OPTIONS)}")
+        data: dict[str, Any] = {"query": base64.b64encode(request.body).decode("ascii"), "input_type": "image"}
+        for name in RAW_IMAGE_OPTIONS:
+            if name in request.query:
+                data[name] = json_number(name, request.query[name])
         return data

@@ -1,9 +1,17 @@
 """Lambda events in, proxy responses out.
 
-Three shapes arrive: a direct invocation (the event *is* the JSON body, as the emulator's curl
-sends it), an API Gateway REST (v1) proxy event and an HTTP API (v2) proxy event. They become one
-`HttpRequest`; every reply is the proxy shape (`statusCode`, `headers`, `body`), which API
-Gateway needs and a direct caller reads the same way (DESIGN.md, "The API contract").
+Served: a direct invocation (the event *is* the JSON body, as the emulator's curl sends it), an
+API Gateway REST (v1) proxy event, and payload format 2.0 of an HTTP API or a Lambda function
+URL (the same shape, `requestContext.http`). They become one `HttpRequest`; every reply is the
+proxy shape (`statusCode`, `headers`, `body`), which API Gateway and function URLs need and a
+direct caller reads the same way (DESIGN.md, "The API contract").
+
+Refused by name (400 `bad_event`): events of other AWS callers that a Lambda may be wired to,
+so that none is mistaken for another kind or for a search request. An Application Load Balancer
+event (`requestContext.elb`) looks like a REST event, but its target group may deliver only
+`multiValueHeaders` and then expects them back, leaves query strings URL-encoded and caps bodies
+at 1 MB (ELB guide, "Lambda functions as targets"): the template deploys no ALB, so none is
+served rather than half served. Shapes from tests/events/README.md's sources.
 """
 
 from __future__ import annotations
@@ -87,8 +95,36 @@ def _body(event: dict) -> bytes | None:
     return body.encode("utf-8", "surrogatepass")
 
 
+SERVED = ("this function serves API Gateway REST (v1) and HTTP API (v2) proxy events, Lambda function URL "
+          "requests and direct invocations whose event is the search request")
+
+
+def unsupported_kind(event: dict) -> str | None:
+    """What kind of event this is when it is one of the AWS events not served, else None."""
+    ctx = event.get("requestContext")
+    if isinstance(ctx, dict):
+        if "elb" in ctx:
+            return "an Application Load Balancer request (requestContext.elb)"
+        if {"connectionId", "eventType", "messageDirection"} & set(ctx):
+            return "an API Gateway WebSocket event (requestContext.connectionId)"
+        if {"serviceNetworkArn", "serviceArn", "targetGroupArn"} & set(ctx):
+            return "a VPC Lattice request, payload version 2.0 (requestContext.serviceArn)"
+        if "httpMethod" not in event and not isinstance(ctx.get("http"), (dict, str)):
+            return "an event with a requestContext of no kind this function knows"
+    if {"raw_path", "is_base64_encoded", "query_string_parameters"} & set(event):
+        return "a VPC Lattice request, payload version 1.0 (raw_path)"
+    if isinstance(event.get("Records"), list):
+        return "an event source's records (S3, SQS, SNS, Kinesis, DynamoDB streams)"
+    if "detail-type" in event:
+        return "an EventBridge event (detail-type)"
+    return None
+
+
 def parse_event(event: Any) -> HttpRequest:
-    """Any event into an HttpRequest; malformed proxy events raise HttpError(400)."""
+    """Any event into an HttpRequest; malformed or unsupported events raise HttpError(400)."""
+    kind = unsupported_kind(event) if isinstance(event, dict) else None
+    if kind is not None:
+        raise HttpError(400, "bad_event", f"unsupported event kind: {kind}; {SERVED}")
     if isinstance(event, dict) and "httpMethod" in event:
         method = event["httpMethod"]
         if not isinstance(method, str):
@@ -126,6 +162,21 @@ def proxy_response(status: int, body: Any | None, headers: dict[str, str] | None
     return {
         "statusCode": status,
         "headers": out_headers,
-        "body": "" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "body": "" if body is None else utf8_json(body),
         "isBase64Encoded": False,
     }
+
+
+def utf8_json(value: Any, separators: tuple[str, str] = (",", ":")) -> str:
+    """Compact JSON text that any UTF-8 encoder accepts.
+
+    Non-ASCII characters stay as they are, unless the value holds a lone surrogate (a JSON
+    "\\ud800" escape decodes to one): the runtime's UTF-8 encoder would fail on it and the caller
+    would get a 502, so that text is written with \\u escapes instead.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=separators, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, separators=separators, default=str)
+    return text

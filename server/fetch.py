@@ -5,7 +5,8 @@ Only http(s). The host is resolved once and *every* address it resolves to must 
 embedded in IPv6 included); the connection then goes to the vetted address itself, so a second
 DNS answer cannot swap in an internal one (no time-of-check/time-of-use gap). Redirects are
 followed by hand, each target vetted the same way, at most MAX_REDIRECTS. Short timeouts, an
-overall deadline, a streamed byte cap, and the content type and magic bytes are checked before
+overall deadline over the whole exchange (connect, TLS, status line, headers, 1xx answers, body:
+see `_Deadline`), a streamed byte cap, and the content type and magic bytes are checked before
 anything is decoded.
 """
 
@@ -15,6 +16,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -89,27 +91,93 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
+class _Deadline:
+    """One fetch's overall deadline, enforced on whatever socket call is blocked when it passes.
+
+    A socket timeout bounds each recv, not their sum: a server that sends its status line or its
+    headers a byte at a time, or `100 Continue` answers without end, keeps http.client reading
+    for as long as it likes (a status line at 1 byte/s held the function for its whole 28 s
+    timeout). At the deadline a timer shuts the connection's socket down, which ends the blocked
+    call at once, whichever it is.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def attach(self, sock: socket.socket | None) -> None:
+        """Watch `sock` (None: stop watching, before the socket is closed)."""
+        with self._lock:
+            self._sock = sock
+            if sock is not None and self.expired:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        self.attach(None)
+
+    def failure(self) -> "UrlFetchFailed":
+        return UrlFetchFailed(f"the URL did not deliver an image within {self.seconds:g} s: "
+                              "the server answers too slowly or not at all")
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for a TLS socket: it wakes a blocked recv or handshake at
+    # once, and leaves the TLS object alone for the thread that is using it.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or never connected
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     """Connects to the vetted address; Host header and everything else still name the host."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float):
+    def __init__(self, host: str, port: int, ip: str, timeout: float, deadline: _Deadline):
         super().__init__(host, port, timeout=timeout)
-        self._ip = ip
+        self._ip, self._deadline = ip, deadline
+
+    def _open(self) -> socket.socket:
+        remaining = self._deadline.remaining()
+        if remaining <= 0:
+            raise self._deadline.failure()
+        sock = socket.create_connection((self._ip, self.port), min(self.timeout, remaining))
+        self._deadline.attach(sock)
+        return sock
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._open()
 
 
-class _PinnedHTTPS(http.client.HTTPSConnection):
+class _PinnedHTTPS(_PinnedHTTP, http.client.HTTPSConnection):
     """TLS to the vetted address, the certificate checked against the URL's host name."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._ip = ip
+    def __init__(self, host: str, port: int, ip: str, timeout: float, deadline: _Deadline):
+        http.client.HTTPSConnection.__init__(self, host, port, timeout=timeout, context=ssl.create_default_context())
+        self._ip, self._deadline = ip, deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        # The handshake runs after the TLS socket is watched: a server trickling its certificate
+        # is cut off at the deadline too.
+        tls = self._context.wrap_socket(self._open(), server_hostname=self.host, do_handshake_on_connect=False)
+        self._deadline.attach(tls)
+        tls.do_handshake()
+        self.sock = tls
 
 
 class SafeFetcher:
@@ -134,18 +202,28 @@ class SafeFetcher:
         self.timeout_s, self.total_timeout_s, self.max_redirects = timeout_s, total_timeout_s, max_redirects
 
     def fetch(self, url: str) -> bytes:
-        deadline = time.monotonic() + self.total_timeout_s
+        deadline = _Deadline(self.total_timeout_s)
+        try:
+            return self._follow(url, deadline)
+        finally:
+            deadline.cancel()
+
+    def _follow(self, url: str, deadline: _Deadline) -> bytes:
         for _ in range(self.max_redirects + 1):
             host, port, ip, target, tls = self._vet(url)
-            conn = (_PinnedHTTPS if tls else _PinnedHTTP)(host, port, ip, self.timeout_s)
+            conn = (_PinnedHTTPS if tls else _PinnedHTTP)(host, port, ip, self.timeout_s, deadline)
             try:
                 location = self._get(conn, target, url, deadline)
                 if isinstance(location, bytes):
                     return location
                 url = location
             except (OSError, http.client.HTTPException) as exc:
+                # A socket timeout clamped to the time left ends in step with the deadline's timer.
+                if deadline.expired or deadline.remaining() < 0.05:
+                    raise deadline.failure() from None
                 raise UrlFetchFailed(f"fetching the URL failed ({type(exc).__name__}: {exc})") from None
             finally:
+                deadline.attach(None)  # before the close: the timer never touches a closed socket
                 conn.close()
         raise UrlFetchFailed(f"the URL redirected more than {self.max_redirects} times")
 
@@ -176,7 +254,7 @@ class SafeFetcher:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return host, port, addresses[0], target, scheme == "https"
 
-    def _get(self, conn: http.client.HTTPConnection, target: str, url: str, deadline: float) -> bytes | str:
+    def _get(self, conn: http.client.HTTPConnection, target: str, url: str, deadline: _Deadline) -> bytes | str:
         """The image bytes, or the next URL when the answer is a redirect."""
         try:
             conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*",
@@ -184,6 +262,8 @@ class SafeFetcher:
         except (ValueError, http.client.InvalidURL) as exc:  # control or non-ASCII characters
             raise UrlRefused(f"the URL cannot be requested ({exc})") from None
         resp = conn.getresponse()
+        if deadline.expired:  # status line and headers cut short by the deadline, not ended by the server
+            raise deadline.failure()
         if resp.status in (301, 302, 303, 307, 308):
             location = resp.getheader("Location")
             if not location:
@@ -202,13 +282,15 @@ class SafeFetcher:
             raise ImageError("the URL's content is not a JPEG, PNG, WebP or GIF image")
         return data
 
-    def _read_capped(self, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+    def _read_capped(self, resp: http.client.HTTPResponse, deadline: _Deadline) -> bytes:
         chunks, total = [], 0
         while True:
-            if time.monotonic() > deadline:
-                raise UrlFetchFailed(f"the image took longer than {self.total_timeout_s:.0f} s to download")
+            if deadline.remaining() <= 0:
+                raise deadline.failure()
             chunk = resp.read1(CHUNK)  # what has arrived: a slow drip still meets the deadline
             if not chunk:
+                if deadline.expired:  # the end of the body was the deadline's shutdown, not the server's
+                    raise deadline.failure()
                 return b"".join(chunks)
             total += len(chunk)
             if total > self.max_bytes:

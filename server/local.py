@@ -16,14 +16,19 @@ front (server/gateway.py `InvokeFront`) that queues invocations on the same one-
 `Invoker` as the gateway: a function with a concurrency of one, whoever calls it.
 
 `LocalStack` starts both for tests and benchmarks and stops them (process group included).
+A port already in use ends the start with one line naming it and the option that changes it.
+The emulator's own START/END/REPORT lines for each invocation are left out of the console unless
+`--verbose` (the function's one JSON line per request stays).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -36,13 +41,34 @@ from typing import IO, Any
 from server.gateway import (API_GATEWAY_TIMEOUT_S, Gateway, InvokeFront, Invoker, proxy_reply,  # noqa: F401
                             rest_event)
 
-__all__ = ["LocalStack", "Gateway", "Invoker", "proxy_reply", "rest_event", "find_rie", "main"]
+__all__ = ["LocalStack", "PortInUse", "Gateway", "Invoker", "proxy_reply", "rest_event", "find_rie", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 FUNCTION_TIMEOUT_S = 28  # infra/template.yaml's Timeout: one second under the gateway's
 CURL = ('curl -XPOST "http://localhost:{port}/2015-03-31/functions/function/invocations" '
         "-d '{{\"query\": \"two dogs\", \"input_type\": \"text\"}}'")
+# What the emulator prints around every invocation (aws-lambda-runtime-interface-emulator,
+# internal/lambda/rie/handlers.go: "START RequestId: ...", "END RequestId: ...", "REPORT RequestId: ...").
+EMULATOR_REQUEST_LINE = re.compile(rb"^(START|END|REPORT) RequestId: ")
+
+
+class PortInUse(RuntimeError):
+    """A port the stack must listen on is taken (or not ours to use)."""
+
+    def __init__(self, port: int, host: str, what: str, option: str, reason: str):
+        self.port, self.host, self.what, self.option = port, host, what, option
+        super().__init__(f"cannot listen on {host}:{port} for the {what}: {reason}. Stop what uses that port "
+                         f"or choose another with {option} N (0 picks a free one)")
+
+
+def _listen(factory, host: str, port: int, what: str, option: str):
+    try:
+        return factory()
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise PortInUse(port, host, what, option, exc.strerror or str(exc)) from None
+        raise
 
 
 def find_rie() -> Path:
@@ -79,7 +105,7 @@ class LocalStack:
                  timeout_s: float = API_GATEWAY_TIMEOUT_S, host: str = "127.0.0.1",
                  log: str | Path | IO | None = None, startup_timeout_s: float = 180.0,
                  function_timeout_s: int = FUNCTION_TIMEOUT_S, rie: str | Path | None = None,
-                 python: list[str] | None = None):
+                 python: list[str] | None = None, quiet: bool = False):
         self.env = dict(env or {})
         self.host, self.timeout_s, self.startup_timeout_s = host, timeout_s, startup_timeout_s
         self.function_timeout_s = function_timeout_s
@@ -87,6 +113,7 @@ class LocalStack:
         self._rie_port = 0  # the emulator's own, internal port
         self._gateway_port = gateway_port
         self.log = log
+        self.quiet = quiet  # with log=None: the console without the emulator's per-invocation lines
         self.rie_path = Path(rie) if rie else find_rie()
         self.python = python or [sys.executable]  # the runtime's interpreter (and its flags)
         self.process: subprocess.Popen | None = None
@@ -151,15 +178,20 @@ class LocalStack:
             # Our ports first: one in use fails here, before any process exists.
             self._rie_port = free_port()
             self.invoker = Invoker(self.rie_url, call_timeout_s=self.function_timeout_s + 30)
-            self.front = self._serve(InvokeFront((self.host, self.lambda_port), self.invoker,
-                                                 self.function_timeout_s + 30), "invoke-front")
+            front = _listen(lambda: InvokeFront((self.host, self.lambda_port), self.invoker,
+                                                self.function_timeout_s + 30),
+                            self.host, self.lambda_port, "Lambda invocation URL", "--lambda-port")
+            self.front = self._serve(front, "invoke-front")
             self.lambda_port = self.front.server_address[1]
-            self.gateway = self._serve(Gateway((self.host, self._gateway_port), self.invoker, self.timeout_s),
-                                       "gateway")
+            gateway = _listen(lambda: Gateway((self.host, self._gateway_port), self.invoker, self.timeout_s),
+                              self.host, self._gateway_port, "API gateway", "--gateway-port")
+            self.gateway = self._serve(gateway, "gateway")
             self._gateway_port = self.gateway.server_address[1]
             if isinstance(self.log, (str, Path)):
                 self._log_file = open(self.log, "ab")
                 out: Any = self._log_file
+            elif self.log is None and self.quiet:
+                out = subprocess.PIPE  # through _pump, which leaves out the per-invocation lines
             else:
                 out = self.log  # None: inherit our stdout
             self.started_at = time.monotonic()
@@ -170,6 +202,8 @@ class LocalStack:
                                             stderr=subprocess.STDOUT if out is not None else None,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
                                             preexec_fn=pdeathsig)
+            if out is subprocess.PIPE:
+                threading.Thread(target=_pump, args=(self.process.stdout,), name="emulator-output", daemon=True).start()
             if wait:
                 self.wait_ready()
         except BaseException:
@@ -238,6 +272,21 @@ class LocalStack:
         return None
 
 
+def _pump(stream: IO[bytes]) -> None:
+    """Copy the emulator's output to our stdout, less its START/END/REPORT line per invocation.
+
+    Reads to the end whatever happens to our stdout: a pipe nobody drains would block the
+    emulator (and the function) on its next write."""
+    writable = True
+    for line in iter(stream.readline, b""):
+        if writable and not EMULATOR_REQUEST_LINE.match(line):
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            except (OSError, ValueError):  # our stdout closed: keep draining
+                writable = False
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies (PR_SET_PDEATHSIG; Linux only).
 
@@ -275,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=API_GATEWAY_TIMEOUT_S,
                     help="gateway timeout in seconds before a 504 (default 29, as API Gateway)")
     ap.add_argument("--rie", help="path to an aws-lambda-rie binary (default: the one in aws-sam-cli)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="also print the emulator's START/END/REPORT lines for every invocation")
     args = ap.parse_args(argv)
 
     def stop_on_term(signum: int, frame: Any) -> None:
@@ -284,9 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop_on_term)
     signal.signal(signal.SIGTERM, stop_on_term)
     stack = LocalStack(lambda_port=args.lambda_port, gateway_port=args.gateway_port, timeout_s=args.timeout,
-                       host=args.host, rie=args.rie)
+                       host=args.host, rie=args.rie, quiet=not args.verbose)
     try:
-        stack.start(wait=False)
+        try:
+            stack.start(wait=False)
+        except PortInUse as exc:
+            print(f"python -m server.local: {exc}", file=sys.stderr, flush=True)
+            return 2
         print(f"Lambda emulator: {stack.invoke_url}\nGateway:         POST {stack.search_url}   GET {stack.health_url}",
               flush=True)
         status = stack.wait_ready()

@@ -7,12 +7,13 @@ Every refusal becomes InvalidInput with a message naming the field and what to s
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from clipsearch.errors import InvalidInput
-from clipsearch.index.filters import parse_filters
+from clipsearch.index.filters import parse_filters, show
 from clipsearch.schema import FILTERABLE
 
 MAX_K = 100
@@ -36,7 +37,8 @@ class _Query(BaseModel):
     def _filters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if not value:
             return None
-        unknown = sorted(str(name)[:40] for name in value if name not in FILTERABLE)
+        # repr, not str: a key may hold a lone surrogate, which pydantic cannot put in a message.
+        unknown = sorted(show(name, 40) for name in value if name not in FILTERABLE)
         if unknown:
             named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise ValueError(f"cannot filter on {named}: filterable fields are {', '.join(sorted(FILTERABLE))}")
@@ -61,7 +63,21 @@ class TextQuery(_Query):
 
 class ImageQuery(_Query):
     input_type: Literal["image"]
-    query: str = Field(min_length=1)  # base64 (or a data: URL); the byte cap is checked on decode
+    # base64 (or a data: URL), the byte cap checked on decode; or an http(s) URL of the image,
+    # fetched as a `url` query is (the original client sent image URLs this way). The two cannot
+    # be confused: ":" is not a base64 character.
+    query: str = Field(min_length=1)
+
+    @field_validator("query")
+    @classmethod
+    def _url_length(cls, value: str) -> str:
+        if is_http_url(value) and len(value) > MAX_URL_CHARS:
+            raise ValueError(f"an image URL is limited to {MAX_URL_CHARS} characters")
+        return value
+
+    @property
+    def is_url(self) -> bool:
+        return is_http_url(self.query)
 
 
 class UrlQuery(_Query):
@@ -71,7 +87,7 @@ class UrlQuery(_Query):
     @field_validator("query")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.lower().startswith(("http://", "https://")):
+        if not is_http_url(value):
             raise ValueError("only http:// and https:// image URLs are accepted")
         return value
 
@@ -95,7 +111,43 @@ def parse_request(data: Any) -> TextQuery | ImageQuery | UrlQuery | IdQuery:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise InvalidInput(describe(exc)) from None
+        message = describe(exc)
+        if any(err["loc"][-1:] == ("query",) or err["type"].startswith("union_tag") for err in exc.errors()):
+            message += suggestion(data.get("query"), data.get("input_type"))
+        raise InvalidInput(message) from None
+
+
+def is_http_url(value: str) -> bool:
+    return value[:8].lower().startswith(("http://", "https://"))
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/_=\-\r\n]+")
+_LOOKS_LIKE = {"url": "an http(s) image URL", "image": "base64 image data", "text": "words"}
+
+
+def guess_input_type(query: str) -> str | None:
+    """The input_type the query's shape suggests, or None when it could be anything (an id).
+
+    Only ever used to suggest, never to reinterpret: a text query may hold a URL. Reads the
+    first 4 KB only: an error message must not cost a scan of a 6 MB body."""
+    q = query[:4096].strip()
+    if is_http_url(q) and not any(c.isspace() for c in q):
+        return "url"
+    if q.startswith("data:image/") or (len(q) >= 200 and _BASE64.fullmatch(q)):
+        return "image"
+    if any(c.isspace() for c in q) and any(c.isalpha() for c in q):
+        return "text"
+    return None
+
+
+def suggestion(query: Any, input_type: Any) -> str:
+    """'; the query looks like ...: send it with input_type "x"', or '' when nothing better fits."""
+    if not isinstance(query, str):
+        return ""
+    guess = guess_input_type(query)
+    if guess is None or guess == input_type or (guess == "url" and input_type == "image"):
+        return ""
+    return f'; the query looks like {_LOOKS_LIKE[guess]}: send it with input_type "{guess}"'
 
 
 def describe(exc: ValidationError, limit: int = 3) -> str:
@@ -104,6 +156,8 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
     for err in exc.errors(include_url=False)[:limit]:
         loc = [str(p) for p in err["loc"] if p not in INPUT_TYPES]  # drop the union member's tag
         field_name = ".".join(loc) or "body"
+        if not _is_text(field_name):
+            field_name = show(field_name, 40)
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown field {field_name!r}: allowed fields are {', '.join(FIELDS)}")
         elif err["type"] == "union_tag_not_found":
@@ -113,6 +167,10 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
                          f" is not one of {', '.join(INPUT_TYPES)}")
         elif err["type"] == "missing":
             parts.append(f"{field_name} is required")
+        elif err["type"] == "string_unicode":
+            what = "a field name" if field_name == "body" else field_name
+            parts.append(f"{what} is not valid Unicode text (it holds a lone surrogate, {_short(err.get('input'))}): "
+                         "send UTF-8 text")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{field_name}: {msg} (got {_short(err.get('input'))})")
@@ -128,5 +186,12 @@ def _kind(value: Any) -> str:
 def _short(value: Any, limit: int = 60) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return show(value, limit)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

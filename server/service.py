@@ -19,11 +19,11 @@ import numpy as np
 
 from clipsearch.config import Settings
 from clipsearch.encoder import Encoder
-from clipsearch.errors import ImageTooLarge, InvalidInput
+from clipsearch.errors import ImageTooLarge, InvalidInput, NotFound
 from clipsearch.images import decode_image
 from clipsearch.index import VectorIndex
 from server.fetch import SafeFetcher
-from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery
+from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery, suggestion
 
 TEXT_CACHE_SIZE = 1024
 RANDOM_WEIGHTS_WARNING = ("This deployment's CLIP model has random weights (a stand-in used when no checkpoint was "
@@ -61,6 +61,7 @@ class LruCache:
 
 def decode_base64_image(text: str, max_bytes: int) -> bytes:
     """Base64 (standard or URL-safe, line breaks allowed, or a data: URL) into bytes, size-capped."""
+    query = text
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
@@ -72,7 +73,11 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
         altchars = b"-_" if ("-" in text or "_" in text) else None
         return base64.b64decode(text, altchars=altchars, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput("query is not valid base64: send the image file's bytes base64-encoded") from None
+        hint = suggestion(query, "image")
+        if not hint and "://" in query[:16]:
+            hint = "; an image URL must be http(s)"
+        raise InvalidInput("query is not valid base64: input_type \"image\" takes the image file's bytes "
+                           "base64-encoded, a data: URL or an http(s) image URL" + hint) from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -90,7 +95,7 @@ class SearchService:
     def search(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> dict[str, Any]:
         """The response body for a valid query; domain errors propagate to the one mapping."""
         t0 = time.perf_counter()
-        vector, exclude = self._vector(q)
+        vector, exclude, cached = self._vector(q)
         t1 = time.perf_counter()
         # "More like this" leaves the document itself out (it would always come first, at 1.0):
         # ask for one more and drop it.
@@ -104,31 +109,47 @@ class SearchService:
             "count": len(results),
             "k": q.k,
             "model": self.index.model_id,
-            "took_ms": {"encode": round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
+            # A cached text vector was not encoded: encode is 0 and "cached" says why (the lookup's
+            # microseconds count in total).
+            "took_ms": {"encode": 0.0 if cached else round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
                         "total": round((t2 - t0) * 1000, 3)},
+            "cached": cached,
         }
         if getattr(self.encoder, "random_weights", False):
             body["warning"] = RANDOM_WEIGHTS_WARNING
         return body
 
-    def _vector(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> tuple[np.ndarray, str | None]:
-        """The query vector, and the id to leave out of the results ("more like this")."""
+    def _vector(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> tuple[np.ndarray, str | None, bool]:
+        """The query vector, the id to leave out of the results ("more like this"), and whether
+        the vector came from the text cache."""
         if isinstance(q, TextQuery):
-            return self.text_vector(q.query), None
+            vector, cached = self.cached_text_vector(q.query)
+            return vector, None, cached
         if isinstance(q, IdQuery):
-            return self.index.get(q.query).vector, q.query
-        if isinstance(q, ImageQuery):
+            try:
+                return self.index.get(q.query).vector, q.query, False
+            except NotFound as exc:
+                hint = suggestion(q.query, "id")
+                if hint:
+                    raise NotFound(f"{exc}{hint}") from None
+                raise
+        if isinstance(q, ImageQuery) and not q.is_url:
             data = decode_base64_image(q.query, self.settings.max_image_bytes)
-        else:
+        else:  # the same guarded fetch for a `url` query and an image URL
             data = self.fetcher.fetch(q.query)
-        return self.image_vector(data), None
+        return self.image_vector(data), None, False
 
     def text_vector(self, text: str) -> np.ndarray:
+        return self.cached_text_vector(text)[0]
+
+    def cached_text_vector(self, text: str) -> tuple[np.ndarray, bool]:
+        """The text's vector, and True when it came from the cache (no encode)."""
         vector = self.text_cache.get(text)
-        if vector is None:
-            vector = self.encoder.encode_text(text)[0]
-            self.text_cache.put(text, vector)
-        return vector
+        if vector is not None:
+            return vector, True
+        vector = self.encoder.encode_text(text)[0]
+        self.text_cache.put(text, vector)
+        return vector, False
 
     def image_vector(self, data: bytes) -> np.ndarray:
         image = decode_image(data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)

@@ -42,6 +42,7 @@ def test_gateway_timeouts_then_success_retries_exactly_twice():
         assert api.searches[0].body == {"query": "two dogs", "input_type": "text", "k": 5}
     assert resp.attempts == 3 and [r["id"] for r in resp.results] == ["abc"]
     assert resp.took_ms["total"] == 15.1 and resp.model == "clipsearch/tiny-test"
+    assert resp.cached is False  # an answer without the field (an older API) is not cached
     assert [w[0] for w in waits] == [2, 3] and all(w[2] == "HTTP 504" for w in waits)
     # full jitter: each wait within [0, base * 2**(n-1)]
     assert 0 <= clock.sleeps[0] <= 1.0 and 0 <= clock.sleeps[1] <= 2.0
@@ -136,6 +137,16 @@ def test_non_json_error_body_is_shown_as_text():
             client_for(api.search_url, FakeClock()).search(SearchRequest("x"))
 
 
+def test_an_html_page_is_named_as_another_program_not_echoed():
+    """What `make demo` showed when another server held the gateway's port: "HTTP 501 <!DOCTYPE HTML>"."""
+    page = "<!DOCTYPE HTML>\n<html><head><title>Error response</title></head><body>501</body></html>"
+    with StubApi([Reply(501, page, headers={"Content-Type": "text/html;charset=utf-8"})]) as api:
+        with pytest.raises(ApiError) as err:
+            client_for(api.search_url, FakeClock()).search(SearchRequest("x"))
+    assert "<!DOCTYPE" not in str(err.value) and "another program" in str(err.value), str(err.value)
+    assert api.search_url in str(err.value)
+
+
 def test_parse_retry_after():
     assert parse_retry_after("5") == 5.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None and parse_retry_after("") is None
@@ -170,3 +181,9 @@ def test_front_end_settings():
                                            (200, "cannot read (HTTP 200)")])
 def test_api_error_wording(status, words):
     assert words in str(ApiError(status, "detail")) and str(ApiError(status, "detail")).endswith("detail")
+
+
+@pytest.mark.parametrize("value, cached", [(True, True), (False, False), ("yes", False), (1, False)])
+def test_the_apis_cached_flag_is_read_strictly(value, cached):
+    with StubApi([Reply(200, {**ok_body([RESULT]), "cached": value})]) as api:
+        assert client_for(api.search_url, FakeClock()).search(SearchRequest("two dogs")).cached is cached

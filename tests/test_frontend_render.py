@@ -57,6 +57,12 @@ def test_timing_line(took, line):
     assert render.timing_line(took) == line
 
 
+def test_a_cached_query_says_cached_not_encode_zero():
+    took = {"encode": 0.0, "search": 1.42, "total": 2.1}
+    assert render.timing_line(took, cached=True) == "encode cached · search 1.4 ms · total 2.1 ms"
+    assert render.timing_line(took) == "encode 0.0 ms · search 1.4 ms · total 2.1 ms"  # an answer not saying so
+
+
 def test_score_and_messages():
     assert render.score_text(0.87654) == "score 0.877" and render.score_text(None) == "score ?"
     assert render.warming_message(3) == "The search service is warming up (attempt 3)…"

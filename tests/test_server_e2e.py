@@ -105,6 +105,13 @@ HTTP_BAD = [
     (b'{"query": "http://localhost/x.jpg", "input_type": "url"}', 400),
     (b'{"query": "nope", "input_type": "id"}', 404),
     (b"\xff\xfe\x00garbage", 400),
+    # Lone surrogates and numbers beyond a double, as JSON text through the gateway and the runtime.
+    (b'{"query": "x", "input_type": "text", "filters": {"\\ud800": "x"}}', 400),
+    (b'{"query": "x", "input_type": "text", "filters": {"orientation": "\\udfff"}}', 400),
+    (b'{"query": "x", "input_type": "text", "filters": {"width": 1' + b"0" * 400 + b'}}', 400),
+    (b'{"query": "x", "input_type": "text", "filters": {"width": {"gte": -1' + b"0" * 400 + b'}}}', 400),
+    (b'{"query": "x", "input_type": "text", "k": 1' + b"0" * 400 + b'}', 400),
+    (b'{"query": "two \\ud800 dogs", "input_type": "text"}', 400),
 ]
 
 
@@ -114,9 +121,35 @@ def test_bad_requests_over_http_get_clear_errors(stack, raw, status):
     assert got == status and json.loads(body)["error"]["message"]
 
 
+@pytest.mark.parametrize("query, status", [("k=3", 200), ("k=1_0", 400), ("k=%2010", 400), ("k=10.0", 400),
+                                           ("min_score=0.5&k=2", 200), ("utm_source=x", 400)])
+def test_raw_image_query_strings_over_http(stack, query, status):
+    got, _, body = http(f"{stack.search_url}?{query}", make_image(6, size=(48, 64), fmt="PNG"),
+                        headers={"Content-Type": "image/png"})
+    assert got == status, body
+
+
 def test_a_10_mb_body_is_refused_413(stack):
     got, _, body = http(stack.search_url, json.dumps({"query": "x" * 10_500_000, "input_type": "text"}).encode())
     assert got == 413
+
+
+def test_the_largest_image_that_fits_searches_one_byte_more_is_the_functions_413(stack):
+    """The default MAX_IMAGE_BYTES fits one Lambda invocation as JSON and as a raw POST; one byte
+    over is the function's own 413; an event over Lambda's 6 MB is API Gateway's 413, not a 502."""
+    from clipsearch.config import DEFAULT_MAX_IMAGE_BYTES
+
+    jpeg = make_image(4, size=(48, 64))
+    largest = jpeg + b"\0" * (DEFAULT_MAX_IMAGE_BYTES - len(jpeg))  # the decoder ignores bytes after the image
+    as_json = {"query": base64.b64encode(largest).decode(), "input_type": "image", "k": 1}
+    for body, ctype in ((as_json, "application/json"), (largest, "image/jpeg")):
+        status, _, raw = http(stack.search_url, body, headers={"Content-Type": ctype})
+        assert status == 200 and json.loads(raw)["results"][0]["id"] == "doc04", raw[:300]
+    status, _, raw = http(stack.search_url, {**as_json, "query": base64.b64encode(largest + b"\0").decode()})
+    assert status == 413 and json.loads(raw)["error"]["code"] == "image_too_large", raw[:300]
+    status, _, raw = http(stack.search_url, {**as_json, "query": base64.b64encode(largest * 2).decode()[:7_000_000]})
+    assert status == 413 and json.loads(raw) == {"message": "Request Too Long"}, raw[:300]
+    assert stack.process.poll() is None
 
 
 def test_a_decompression_bomb_over_http(stack):
@@ -249,8 +282,8 @@ def test_gateway_answers_504_after_its_timeout_and_keeps_the_emulator_serialised
         # out in the queue, and is never sent (the emulator must never see two at once).
         got, _, _ = http(f"http://127.0.0.1:{gw.server_address[1]}/search", {"query": "y", "input_type": "text"})
         assert got == 504
-        got, _, _ = http(f"http://127.0.0.1:{gw.server_address[1]}/nowhere", {"a": 1})
-        assert got == 404
+        got, _, body = http(f"http://127.0.0.1:{gw.server_address[1]}/nowhere", {"a": 1})
+        assert got == 403 and json.loads(body) == {"message": "Missing Authentication Token"}
         time.sleep(2.5)
         assert overlaps == [1], "a timed-out invocation must still block the next one"
     finally:
@@ -283,8 +316,10 @@ def test_missing_index_stack_answers_503_and_leaves_no_processes(tmp_path, tiny_
 
 # ----------------------------------------------------------------------------- python -m server.local
 @pytest.mark.slow
-def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, tiny_model_dir, tiny_encoder):
-    """What `make demo` (scripts/demo.py) runs: start, poll GET /health, SIGINT at the end."""
+@pytest.mark.parametrize("verbose", [False, True])
+def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, tiny_model_dir, tiny_encoder, verbose):
+    """What `make demo` (scripts/demo.py) runs: start, poll GET /health, SIGINT at the end. The
+    emulator's START/END/REPORT lines per invocation show only with --verbose."""
     import os
     import re
     import signal
@@ -296,7 +331,8 @@ def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, t
 
     build_index(tmp_path / "index", tiny_encoder, n=3)
     env = {**os.environ, "MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(tmp_path / "index"), "TORCH_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", "0", "--gateway-port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "server.local", "--lambda-port", "0", "--gateway-port", "0",
+                             *(["--verbose"] if verbose else [])],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -319,6 +355,9 @@ def test_cli_prints_the_curl_line_serves_and_stops_cleanly_on_ctrl_c(tmp_path, t
         assert proc.wait(20) == 0
         gone, alive = psutil.wait_procs(children, timeout=5)
         assert alive == []
+        out += proc.stdout.read()
+        assert '"status": 200' in out  # the function's own line for each request stays
+        assert ("START RequestId:" in out and "REPORT RequestId:" in out) == verbose, out[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,6 +7,8 @@ test-only policy admitting exactly 127.0.0.1; the refusal tests use the real pol
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
 import time
 
 import pytest
@@ -158,7 +160,7 @@ def test_content_is_checked_before_decoding(srv, path, error, match):
 
 def test_a_slow_drip_meets_the_overall_deadline(srv):
     t0 = time.monotonic()
-    with pytest.raises(UrlFetchFailed, match="longer than"):
+    with pytest.raises(UrlFetchFailed, match="within 1 s"):
         loopback_fetcher(total_timeout_s=1.0).fetch(srv.url("/drip"))
     assert time.monotonic() - t0 < 2.5
 
@@ -200,3 +202,125 @@ def test_magic_bytes():
     assert sniff_image(make_image(1, fmt="GIF")) == "GIF"
     assert sniff_image(make_image(1, fmt="WEBP")) == "WEBP"
     assert sniff_image(b"<svg") is None and sniff_image(b"") is None
+
+
+# ----------------------------------------------------------------------------- slow servers
+# Each plays a hostile server at the socket level on 127.0.0.1: no single recv ever waits long
+# (so the 3 s socket timeout never fires), yet the exchange would last far past the total deadline.
+def trickle(data: bytes, every_s: float = 0.05):
+    def play(sock: socket.socket) -> None:
+        for byte in data:
+            sock.sendall(bytes([byte]))
+            time.sleep(every_s)
+    return play
+
+
+def endless_continue(sock: socket.socket) -> None:
+    while True:
+        sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        time.sleep(0.01)
+
+
+def silent(sock: socket.socket) -> None:
+    time.sleep(30)  # accepts, reads the request, never answers
+
+
+def trickled_body(sock: socket.socket) -> None:
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n")
+    trickle(JPEG[:400], 0.05)(sock)
+
+
+SLOW = {
+    "status line": trickle(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n\r\n" + b"x" * 200, 0.1),
+    "headers": lambda s: (s.sendall(b"HTTP/1.1 200 OK\r\n"), trickle(b"X-Pad: " + b"a" * 400 + b"\r\n\r\n")(s)),
+    "endless 100 Continue": endless_continue,
+    "body": trickled_body,
+    "no answer": silent,
+}
+
+
+class RawServer:
+    """Accepts on 127.0.0.1, reads the request head, then hands the socket to `play`."""
+
+    def __init__(self, play, tls: bool = False):
+        self.play, self.tls = play, tls
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/slow.jpg"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(sock,), daemon=True).start()
+
+    def _one(self, sock: socket.socket) -> None:
+        with sock:
+            if self.tls:  # nothing readable as an HTTP head arrives: go straight to the play
+                return self.play(sock)
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                self.play(sock)
+            except OSError:
+                pass  # the client hung up: what a deadline does
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("name", [*SLOW, "TLS handshake"])
+def test_the_total_deadline_bounds_the_whole_exchange(name):
+    tls = name == "TLS handshake"  # the server never answers the ClientHello
+    server = RawServer(silent if tls else SLOW[name], tls)
+    total = 1.5
+    fetcher = loopback_fetcher(total_timeout_s=total)
+    # In a daemon thread, so a fetch that never ends fails this test instead of hanging the run.
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(error=_raised(fetcher.fetch, server.url)), daemon=True)
+    t0 = time.monotonic()
+    worker.start()
+    worker.join(total + 10)
+    elapsed = time.monotonic() - t0
+    server.close()
+    assert "error" in outcome, f"{name}: still fetching after {elapsed:.0f} s against a {total} s deadline"
+    err = outcome["error"]
+    assert isinstance(err, UrlFetchFailed) and err.code == "url_fetch_failed", repr(err)
+    assert "within 1.5 s" in str(err), str(err)
+    assert elapsed < total + 1.5, f"{name}: the fetch took {elapsed:.1f} s against a {total} s deadline"
+
+
+def _raised(call, *args) -> BaseException | None:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001 - the test inspects whatever it was
+        return exc
+    return None
+
+
+def test_a_slow_server_is_a_400_from_the_handler_within_the_deadline(tiny_encoder, tmp_path, tiny_model_dir):
+    """What the user sees: the documented 400 url_fetch_failed, not the function held until its timeout."""
+    from server_support import build_index, reply
+
+    from clipsearch.config import Settings
+    from server.app import App
+
+    build_index(tmp_path / "index", tiny_encoder, n=3)
+    settings = Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "index"), threads=1)
+    app = App(settings, encoder=tiny_encoder, fetcher=loopback_fetcher(total_timeout_s=1.0))
+    server = RawServer(SLOW["no answer"])
+    try:
+        t0 = time.monotonic()
+        status, _, body = reply(app.handle({"query": server.url, "input_type": "url"}))
+        elapsed = time.monotonic() - t0
+    finally:
+        server.close()
+    assert (status, body["error"]["code"]) == (400, "url_fetch_failed"), body
+    assert elapsed < 2.5

@@ -61,6 +61,29 @@ def test_sample_events_answer_ranked_results(app, name, k):
     assert body["took_ms"]["total"] >= body["took_ms"]["encode"] + body["took_ms"]["search"] - 0.01
 
 
+def test_a_function_url_request_is_served_as_an_http_api_v2_event(app):
+    """Function URLs send payload format 2.0, as HTTP APIs do, and take the same proxy reply."""
+    status, headers, body = call(app, json.loads((EVENTS / "function_url_text.json").read_text()))
+    assert status == 200 and body["k"] == 5 and headers["Content-Type"] == "application/json", body
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("alb_request", "Application Load Balancer"),
+    ("alb_multivalue_request", "Application Load Balancer"),
+    ("lattice_v1_request", "VPC Lattice"),
+    ("lattice_v2_request", "VPC Lattice"),
+    ("websocket_message", "WebSocket"),
+    ("websocket_disconnect", "WebSocket"),
+])
+def test_event_kinds_not_served_are_refused_by_name(app, name, kind):
+    """Not read as another kind ("requestContext.http.method must be a string") nor as a direct
+    invocation ("input_type is missing"): the answer names the kind and what is served."""
+    status, headers, body = call(app, json.loads((EVENTS / f"{name}.json").read_text()))
+    assert status == 400 and body["error"]["code"] == "bad_event", body
+    message = body["error"]["message"]
+    assert message.startswith("unsupported event kind") and kind in message and "function URL" in message
+
+
 def test_rest_event_filter_applies(app):
     _, _, body = call(app, json.loads((EVENTS / "rest_v1_text.json").read_text()))
     assert body["count"] == 2 and all(r["orientation"] == "landscape" for r in body["results"])
@@ -152,6 +175,58 @@ def test_url_query_success_path_with_a_test_only_address_policy(settings, tiny_e
     assert status == 200 and body["results"][0]["id"] == "doc11"
 
 
+def test_an_image_url_under_input_type_image_is_fetched_like_a_url_query(settings, tiny_encoder):
+    """What the original client sends: {"query": "https://...jpg", "input_type": "image"}."""
+    image = make_image(12, size=(48, 64))
+    fetcher = SafeFetcher(max_bytes=settings.max_image_bytes, is_allowed=lambda ip: str(ip) == "127.0.0.1")
+    app = App(settings, encoder=tiny_encoder, fetcher=fetcher)
+    with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, image)}) as srv:
+        for url in (srv.url("/cat.jpg"), srv.url("/cat.jpg").replace("http://", "HTTP://")):
+            status, _, body = search(app, query=url, input_type="image", k=2)
+            assert status == 200 and body["results"][0]["id"] == "doc12", body
+        assert srv.hits == ["/cat.jpg", "/cat.jpg"]
+
+
+def test_an_image_url_under_input_type_image_has_the_same_ssrf_guard(app):
+    with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, make_image(1))}) as srv:
+        for url in (srv.url("/cat.jpg"), srv.url("/cat.jpg", "localhost"), "http://169.254.169.254/latest/meta-data/",
+                    "http://[::ffff:127.0.0.1]/x.jpg", "http://user:pw@example.com/a.jpg"):
+            status, _, body = search(app, query=url, input_type="image")
+            assert status == 400 and body["error"]["code"] == "url_refused", (url, body)
+        assert srv.hits == [], "the server must never have been contacted"
+    status, _, body = search(app, query="https://example.com/" + "a" * 2100 + ".jpg", input_type="image")
+    assert status == 400 and "2048" in body["error"]["message"]
+
+
+B64_IMAGE = base64.b64encode(make_image(3, size=(64, 48))).decode()
+
+
+@pytest.mark.parametrize("body, status, hint", [
+    ({"query": "two dogs on a beach", "input_type": "image"}, 400, 'input_type "text"'),
+    ({"query": B64_IMAGE, "input_type": "text"}, 400, 'input_type "image"'),
+    ({"query": "data:image/png;base64," + B64_IMAGE[:40], "input_type": "text"}, 200, None),  # short: fine as text
+    ({"query": B64_IMAGE, "input_type": "url"}, 400, 'input_type "image"'),
+    ({"query": "two dogs", "input_type": "url"}, 400, 'input_type "text"'),
+    ({"query": "https://example.com/dog.jpg", "input_type": "id"}, 404, 'input_type "url"'),
+    ({"query": "two dogs on a beach", "input_type": "id"}, 404, 'input_type "text"'),
+    ({"query": "https://example.com/dog.jpg"}, 400, '"url"'),
+    ({"query": "ftp://example.com/dog.jpg", "input_type": "image"}, 400, "http(s)"),
+])
+def test_a_wrong_input_type_gets_a_suggestion(app, body, status, hint):
+    got, _, out = call(app, body)
+    assert got == status, out
+    if hint is not None:
+        assert hint in out["error"]["message"], out["error"]["message"]
+
+
+def test_a_url_sent_as_text_is_searched_as_text_not_fetched(app):
+    """Text may legitimately hold a URL: the suggestion is for errors, never a reinterpretation."""
+    with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, make_image(1))}) as srv:
+        status, _, body = search(app, query=srv.url("/cat.jpg"), input_type="text", k=2)
+        assert status == 200 and body["count"] == 2
+        assert srv.hits == []
+
+
 def test_url_query_to_a_local_server_is_refused_by_default(app):
     with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, make_image(1))}) as srv:
         for host in ("127.0.0.1", "localhost"):
@@ -190,6 +265,12 @@ def test_text_embeddings_are_cached(settings, tiny_encoder):
     search(app, query="three cats", input_type="text")
     assert calls == ["two dogs", "three cats"]
     assert first["results"] == second["results"]
+    # The answer says so: no encode happened (the page shows "cached", not "encode 0.0 ms").
+    assert first["cached"] is False and first["took_ms"]["encode"] > 0
+    assert second["cached"] is True and second["took_ms"]["encode"] == 0
+    assert set(second["took_ms"]) == {"encode", "search", "total"}  # the same fields as before
+    doc = search(app, query="doc01", input_type="id")[2]
+    assert doc["cached"] is False
     cached = app.service.text_cache.get("two dogs")
     assert not cached.flags.writeable
     np.testing.assert_allclose(cached, tiny_encoder.encode_text("two dogs")[0], atol=1e-6)
@@ -309,3 +390,15 @@ def test_onnx_app_takes_its_thread_count_from_the_cpu_share(monkeypatch, setting
     monkeypatch.setattr("clipsearch.encoder.load_encoder", fake_load_encoder)
     app = App(Settings(**{**settings.__dict__, "encoder": "onnx", "threads": None}))
     assert built["threads"] == 1 and app.init_error is not None
+
+
+def test_a_reply_holding_a_lone_surrogate_is_still_utf8():
+    """awslambdaric encodes the reply as UTF-8 (ensure_ascii=False on the python3.12+ runtimes):
+    a lone surrogate there fails the invocation, which API Gateway answers 502."""
+    from server.events import proxy_response
+
+    for value in ("\ud800", "plain ascii", "café ✓"):
+        out = proxy_response(400, {"error": {"code": "x", "message": value}})
+        out["body"].encode("utf-8")
+        assert json.loads(out["body"])["error"]["message"] == value
+    assert "café ✓" in proxy_response(200, {"m": "café ✓"})["body"]  # readable text stays readable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import struct
 import zlib
 
@@ -103,6 +104,21 @@ BAD = [
     ("filter range not number", text(filters={"width": {"gt": "wide"}}), 400, "invalid_input"),
     ("filter nested values", text(filters={"orientation": [{"a": 1}]}), 400, "invalid_input"),
     ("filter empty list", text(filters={"orientation": []}), 400, "invalid_input"),
+    ("filter key lone surrogate", text(filters={"\ud800": "x"}), 400, "invalid_input"),
+    ("filter key lone surrogate in JSON", proxy_event('{"query": "x", "input_type": "text", "filters": {"\\ud800": 1}}'),
+     400, "invalid_input"),
+    ("filter value lone surrogate", text(filters={"orientation": "land\udc00scape"}), 400, "invalid_input"),
+    ("filter list lone surrogate", text(filters={"orientation": ["portrait", "\ud83d"]}), 400, "invalid_input"),
+    ("filter 401-digit integer", text(filters={"width": 10**400}), 400, "invalid_input"),
+    ("filter range 401-digit integer", text(filters={"width": {"gt": 10**400}}), 400, "invalid_input"),
+    ("filter list 401-digit integer", text(filters={"width": [64, -10**400]}), 400, "invalid_input"),
+    ("filter 401-digit integer in JSON", proxy_event('{"query": "x", "input_type": "text", "filters": {"width": 1'
+                                                     + "0" * 400 + '}}'), 400, "invalid_input"),
+    ("filter 5000-digit integer", text(filters={"height": {"lte": 10**5000}}), 400, "invalid_input"),
+    ("k 5000-digit integer", text(k=10**5000), 400, "invalid_input"),
+    ("field name lone surrogate", {**text(), "\udfff": 1}, 400, "invalid_input"),
+    ("query lone surrogate escape", proxy_event('{"query": "two \\ud800 dogs", "input_type": "text"}'), 400,
+     "invalid_input"),
     ("bad base64 image", {"query": "this is not base64!", "input_type": "image"}, 400, "invalid_input"),
     ("non-image bytes", {"query": b64(b"hello, I am text"), "input_type": "image"}, 400, "invalid_image"),
     ("truncated JPEG", {"query": b64(make_image(1)[:300]), "input_type": "image"}, 400, "invalid_image"),
@@ -115,6 +131,14 @@ BAD = [
     ("raw body empty", proxy_event("", headers={"Content-Type": "image/png"}), 400, "invalid_input"),
     ("raw body unknown param", body_event(make_image(1), headers={"Content-Type": "image/jpeg"}, query={"x": "1"}),
      400, "invalid_input"),
+    *[(f"raw body k={k!r}", body_event(make_image(1), headers={"Content-Type": "image/jpeg"}, query={"k": k}),
+       400, "invalid_input") for k in ("1_0", " 10", "10 ", "+10", "10.0", "1e1", "0x10", "٣", "１０", "010", "", "-0")],
+    *[(f"raw body min_score={m!r}", body_event(make_image(1), headers={"Content-Type": "image/jpeg"},
+                                               query={"min_score": m}), 400, "invalid_input")
+      for m in ("0_5", "nan", "inf", ".5", "0.5 ", "2", "1e999", "1" * 5000)],
+    ("JSON body with a query-string option", proxy_event(json.dumps(text()), query={"k": "5"}), 400, "invalid_input"),
+    ("JSON body with an unrelated query string", proxy_event(json.dumps(text()), query={"utm_source": "x"}), 400,
+     "invalid_input"),
     ("data URL not base64", {"query": "data:image/png,abc", "input_type": "image"}, 400, "invalid_input"),
     ("file URL", {"query": "file:///etc/passwd", "input_type": "url"}, 400, "invalid_input"),
     ("s3 URL", {"query": "s3://bucket/key.jpg", "input_type": "url"}, 400, "invalid_input"),
@@ -133,11 +157,41 @@ BAD = [
 
 @pytest.mark.parametrize("name, event, status, code", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_a_clear_4xx(app, quiet, name, event, status, code):
-    got, headers, body = reply(app.handle(event, None))
+    response = app.handle(event, None)
+    got, headers, body = reply(response)
     assert (got, body["error"]["code"]) == (status, code), body
     message = body["error"]["message"]
     assert len(message) > 15 and "Traceback" not in message
     assert headers["Content-Type"] == "application/json"
+    response["body"].encode("utf-8")  # what the runtime sends: no lone surrogate may reach it
+
+
+def raw_image(query: dict[str, str]) -> dict:
+    return body_event(make_image(2, size=(48, 64)), headers={"Content-Type": "image/jpeg"}, query=query)
+
+
+def test_raw_image_options_parse_as_json_numbers(app, quiet):
+    """The query string's k and min_score mean what the same text means in a JSON body."""
+    for query, k in (({"k": "3"}, 3), ({"k": "3", "min_score": "-0.5"}, 3), ({"min_score": "5e-1"}, 10), ({}, 10)):
+        status, _, body = reply(app.handle(raw_image(query), None))
+        assert status == 200 and body["k"] == k, (query, body)
+    _, _, body = reply(app.handle(raw_image({"k": "1_0"}), None))
+    assert "k='1_0'" in body["error"]["message"] and "JSON" in body["error"]["message"]
+
+
+@hsettings(max_examples=300, deadline=None, database=None,
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(k=st.one_of(st.text(max_size=6), st.from_regex(r"\A[ +\-]?[0-9_]{1,4}(\.[0-9]*)?\s?\Z"),
+                   st.integers(-5, 150).map(str)))
+def test_fuzzed_query_string_k_is_taken_only_as_json_would_take_it(app, quiet, k):
+    status, _, body = reply(app.handle(raw_image({"k": k}), None))
+    as_json = None
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", k):
+        as_json = int(k)
+    if as_json is not None and 1 <= as_json <= 100:
+        assert status == 200 and body["k"] == as_json, (k, body)
+    else:
+        assert status == 400 and body["error"]["code"] == "invalid_input", (k, body)
 
 
 def test_error_messages_stay_short_whatever_the_input(app, quiet):
@@ -154,19 +208,23 @@ def test_the_service_still_answers_after_the_table(app):
 
 
 # ----------------------------------------------------------------------------- fuzz
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40))
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                             st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                           max_leaves=12)
+# Text that may hold lone surrogates (a JSON "\\ud800" escape decodes to one), and integers far
+# beyond a float's range (JSON numbers have no size limit; Python parses up to 4,300 digits).
+hostile_text = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=12)
+huge_ints = st.one_of(st.sampled_from([10**400, -10**400, 2**1024, 10**309, 10**4000]), st.integers())
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), huge_ints,
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40), hostile_text)
+json_values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(max_size=10), hostile_text), inner, max_size=4)),
+    max_leaves=12)
 fields = {
     "query": st.one_of(st.text(max_size=60), st.sampled_from(["doc01", "doc99", "http://10.0.0.1/a.png",
                                                               "https://example.com/a.jpg", b64(make_image(2)),
                                                               b64(png_header_bomb())]), json_values),
     "input_type": st.one_of(st.sampled_from(["text", "image", "url", "id"]), json_values),
     "k": st.one_of(st.integers(-5, 150), json_values),
-    "filters": st.one_of(st.dictionaries(st.sampled_from(["orientation", "width", "photographer", "nope", ""]),
-                                         json_values, max_size=3), json_values),
+    "filters": st.one_of(st.dictionaries(st.one_of(st.sampled_from(["orientation", "width", "photographer", "nope", ""]),
+                                                   hostile_text), json_values, max_size=3), json_values),
     "min_score": st.one_of(st.floats(-2, 2), json_values),
 }
 search_bodies = st.fixed_dictionaries({"query": fields["query"], "input_type": fields["input_type"]},
@@ -213,10 +271,13 @@ def damaged_images(draw) -> str:
 
 
 filter_specs = st.dictionaries(
-    st.sampled_from(["orientation", "width", "height", "photographer", "source", "featured", "aspect_ratio"]),
-    st.one_of(st.text(max_size=8), st.integers(-5, 100), st.booleans(), st.floats(allow_nan=False),
-              st.lists(st.one_of(st.text(max_size=5), st.integers(0, 99)), min_size=1, max_size=3),
-              st.fixed_dictionaries({}, optional={"gt": st.floats(-1e3, 1e3), "lte": st.integers(-100, 100)})),
+    st.one_of(st.sampled_from(["orientation", "width", "height", "photographer", "source", "featured", "aspect_ratio"]),
+              hostile_text),
+    st.one_of(st.text(max_size=8), st.integers(-5, 100), st.booleans(), st.floats(allow_nan=False), hostile_text,
+              huge_ints, st.lists(st.one_of(st.text(max_size=5), st.integers(0, 99), hostile_text, huge_ints,
+                                            json_values), min_size=1, max_size=3),
+              st.fixed_dictionaries({}, optional={"gt": st.one_of(st.floats(-1e3, 1e3), huge_ints),
+                                                  "lte": st.one_of(st.integers(-100, 100), huge_ints, hostile_text)})),
     max_size=2)
 mostly_valid = st.fixed_dictionaries(
     {"input_type": st.sampled_from(["text", "image", "id", "url"])},
@@ -238,6 +299,29 @@ def fuzz_app(app) -> App:
     """The same app, its URL fetcher pointed at a fixed private address: fuzzed URLs never leave the host."""
     fetcher = SafeFetcher(max_bytes=MAX_IMAGE_BYTES, resolver=lambda host, port: ["10.9.9.9"])
     return App(app.settings, encoder=app.service.encoder, index=app.service.index, fetcher=fetcher)
+
+
+@hsettings(max_examples=300, deadline=None, database=None,
+           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(filters=filter_specs, as_json=st.booleans())
+def test_fuzzed_filters_are_a_400_or_results_never_a_5xx(app, quiet, filters, as_json):
+    """Hostile filter keys and values (lone surrogates, huge integers, nesting), as Python values
+    (a direct invocation) and as JSON text in a proxy event (what API Gateway delivers)."""
+    body = text(filters=filters)
+    if as_json:
+        try:
+            raw = json.dumps(body)  # lone surrogates become \\udXXX escapes
+        except ValueError:  # an integer Python will not print (over 4,300 digits)
+            return
+        event = proxy_event(raw)
+    else:
+        event = body
+    response = app.handle(event, None)
+    response["body"].encode("utf-8")  # no lone surrogate may reach the runtime's UTF-8 encoder
+    status, _, out = reply(response)
+    assert status in (200, 400), out
+    if status == 400:
+        assert out["error"]["code"] == "invalid_input" and "Traceback" not in out["error"]["message"]
 
 
 @pytest.mark.slow

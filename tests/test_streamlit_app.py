@@ -91,6 +91,17 @@ def test_the_apis_warning_is_shown_above_the_results(app):
         assert not at.warning and len(api.searches) == 2
 
 
+def test_a_cached_query_shows_cached_instead_of_an_encode_time(app):
+    cached = {**ok_body([]), "took_ms": {"encode": 0.0, "search": 0.9, "total": 1.3}, "cached": True}
+    with StubApi([Reply(200, {**ok_body([]), "cached": False}), Reply(200, cached)], images={"ok.png": png()}) as api:
+        result = unsplash_result(api, "ok.png", "p1", 0.9)
+        api.script[0].body["results"] = api.script[1].body["results"] = [result]
+        at = search_text(app(api.search_url), "two dogs")
+        assert any(c.startswith("1 result · encode 12 ms ·") for c in captions(at)), captions(at)
+        at = search_text(at, "two dogs")
+        assert any(c.startswith("1 result · encode cached · search 0.9 ms") for c in captions(at)), captions(at)
+
+
 def test_bad_request_is_not_retried_and_shows_the_api_message(app):
     body = {"error": {"code": "invalid_input", "message": "query is longer than 77 tokens: shorten it"}}
     with StubApi([Reply(400, body)]) as api:

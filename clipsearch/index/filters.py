@@ -41,33 +41,77 @@ def parse_filters(filters: Any) -> list[Condition]:
     conds = []
     for name, spec in filters.items():
         if not isinstance(name, str) or not _FIELD.match(name):
-            raise InvalidInput(f"filter field {name!r} is not a valid field name")
+            raise InvalidInput(f"filter field {show(name)} is not a valid field name")
         conds.append(_parse_one(name, spec))
     return conds
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """`value` for an error message: repr (lone surrogates escaped), cut short; never raises.
+
+    A JSON number has no size limit and Python refuses to print an int of more than 4,300
+    digits, so such an int is described rather than printed.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
+    text = repr(value) if not isinstance(value, (dict, list, tuple)) else _container(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _container(value: Any) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # a huge int inside
+        return f"{type(value).__name__} of {len(value)} items"
+
+
+def _finite(v: Any) -> float | None:
+    """A JSON number (not a boolean) as a finite float, or None: a 401-digit integer overflows float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _check_scalar(name: str, v: Any) -> Any:
     if not isinstance(v, Scalar):
         raise InvalidInput(f"filter {name!r}: values must be strings, numbers or booleans, got {type(v).__name__}")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise InvalidInput(f"filter {name!r}: numbers must be finite")
-    if isinstance(v, str) and len(v) > 256:
-        raise InvalidInput(f"filter {name!r}: values are limited to 256 characters")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) is None:
+        raise InvalidInput(f"filter {name!r}: numbers must be finite and within a double's range, got {show(v)}")
+    if isinstance(v, str):
+        if len(v) > 256:
+            raise InvalidInput(f"filter {name!r}: values are limited to 256 characters")
+        if not _is_unicode(v):
+            raise InvalidInput(f"filter {name!r}: {show(v)} is not valid Unicode text (it holds a lone surrogate)")
     return v
+
+
+def _is_unicode(text: str) -> bool:
+    # A JSON "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder (the runtime's,
+    # OpenSearch's client) accepts and no stored value can equal.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_one(name: str, spec: Any) -> Condition:
     if isinstance(spec, dict):
         unknown = set(spec) - set(RANGE_OPS)
         if unknown or not spec:
-            raise InvalidInput(f"filter {name!r}: a range takes gt, gte, lt or lte, got {sorted(map(str, spec)) or 'nothing'}")
+            got = ", ".join(sorted(show(k, 20) for k in spec)[:5]) if spec else "nothing"
+            raise InvalidInput(f"filter {name!r}: a range takes gt, gte, lt or lte, got {got}")
         ranges = []
         for op in RANGE_OPS:
             if op in spec:
-                v = spec[op]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise InvalidInput(f"filter {name!r}: {op} needs a finite number, got {v!r}")
-                ranges.append((op, float(v)))
+                v = _finite(spec[op])
+                if v is None:
+                    raise InvalidInput(f"filter {name!r}: {op} needs a finite number, got {show(spec[op])}")
+                ranges.append((op, v))
         return Condition(name, ranges=tuple(ranges))
     if isinstance(spec, list):
         if not spec or len(spec) > MAX_VALUES:
