@@ -22,7 +22,7 @@ QUERIES = ["two dogs playing on a sunny beach at sunset", "a red car", "snow cov
 def bench_text(threads: int, repeat: int) -> dict:
     import torch
 
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models import TorchClipEncoder
 
     torch.set_num_threads(threads)
     enc = TorchClipEncoder(str(vit_b32_dir()), threads=threads)
@@ -42,7 +42,7 @@ def bench_text(threads: int, repeat: int) -> dict:
 def bench_images(batch: int, rounds: int) -> dict:
     import torch
 
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models import TorchClipEncoder
 
     pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     out = {"batch": batch}

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.images or (64 if args.quick else 96)
     rounds = args.rounds or (2 if args.quick else 8)
 
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models import TorchClipEncoder
 
     folder = make_photos(n)
     model_dir = str(vit_b32_dir())

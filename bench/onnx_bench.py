@@ -42,7 +42,7 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from clipsearch.config import Settings
-from clipsearch.encoder import load_encoder
+from clipsearch.models import load_encoder
 from clipsearch.index import check_model, open_index
 t_import = time.perf_counter()
 settings = Settings.from_env()
@@ -74,8 +74,8 @@ print(json.dumps({"event": "done", "import_s": t_import - t0, "init_s": t_init -
 
 def prepare(source: Path) -> tuple[Path, Path]:
     """The cached ONNX export (fp32 + int8 text) and the 25k-vector index of the source's model."""
-    from clipsearch.encoder import resolve_model_id
-    from clipsearch.export_onnx import MANIFEST, export
+    from clipsearch.models import resolve_model_id
+    from clipsearch.models.export import MANIFEST, export
     from clipsearch.index import Document
     from clipsearch.index.faiss_index import FaissIndex
 
@@ -233,8 +233,8 @@ def bench_in_process(source: Path, onnx_dir: Path, threads: list[int], repeat: i
     """Imports, session creation and one 10-token text encode: torch, ONNX fp32, ONNX int8."""
     import torch
 
-    from clipsearch.encoder import TorchClipEncoder
-    from clipsearch.encoder_onnx import OnnxClipEncoder
+    from clipsearch.models import TorchClipEncoder
+    from clipsearch.models.onnx_encoder import OnnxClipEncoder
 
     out: dict = {"import_s": {
         "onnxruntime+tokenizers": _subprocess_seconds("import onnxruntime, tokenizers", n_imports),
@@ -267,8 +267,8 @@ def bench_in_process(source: Path, onnx_dir: Path, threads: list[int], repeat: i
 
 def accuracy(source: Path, onnx_dir: Path, index_dir: Path) -> dict:
     """ONNX fp32 against torch, and int8 against fp32: max abs diff, mean-centred cosine, top-10."""
-    from clipsearch.encoder import TorchClipEncoder
-    from clipsearch.encoder_onnx import OnnxClipEncoder
+    from clipsearch.models import TorchClipEncoder
+    from clipsearch.models.onnx_encoder import OnnxClipEncoder
     from clipsearch.index.faiss_index import FaissIndex
 
     words = "dogs cats beach mountains city street car flowers bird river bridge portrait food".split()

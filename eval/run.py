@@ -165,7 +165,7 @@ def _where(settings: Settings) -> str:
 
 
 def run(args, tmp: Path) -> dict:
-    from clipsearch.encoder import load_encoder
+    from clipsearch.models import load_encoder
     from clipsearch.index import check_model, open_index
 
     settings = _settings(args, tmp)

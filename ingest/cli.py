@@ -140,7 +140,7 @@ def _settings(args, settings: Settings | None) -> Settings:
 
 
 def _encoder(settings: Settings, device: str, precision: str):
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models import TorchClipEncoder
 
     explicit = settings.model_id if settings.model_path else None
     # No tower loaded yet: a run that finds everything indexed or cached never loads the model.

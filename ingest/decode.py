@@ -15,7 +15,7 @@ import numpy as np
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, resize_and_crop
+from clipsearch.models.preprocess import PreprocessConfig, resize_and_crop
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from clipsearch.encoder import Encoder
+from clipsearch.models import Encoder
 from clipsearch.errors import ImageTooLarge
 from clipsearch.index import Document, VectorIndex
 from clipsearch.schema import orientation

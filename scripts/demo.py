@@ -44,7 +44,7 @@ def choose_model(env: dict[str, str]) -> None:
     if reachable("https://huggingface.co"):
         say(f"model: {env.get('MODEL_ID', 'openai/clip-vit-base-patch32')} (from the Hugging Face hub)")
         return
-    from clipsearch.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_random_clip
 
     path = DATA / "models" / "random-vit-b-32"
     if not (path / "model.safetensors").is_file():

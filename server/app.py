@@ -132,7 +132,7 @@ class App:
         return ms
 
     def _build(self) -> SearchService:
-        from clipsearch.encoder import load_encoder
+        from clipsearch.models import load_encoder
         from clipsearch.index import check_model
 
         if self._settings_error is not None:

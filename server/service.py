@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch.config import Settings
-from clipsearch.encoder import Encoder
+from clipsearch.models import Encoder
 from clipsearch.errors import ImageTooLarge, InvalidInput
 from clipsearch.images import decode_image
 from clipsearch.index import VectorIndex

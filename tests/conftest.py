@@ -20,7 +20,7 @@ EVENTS = Path(__file__).resolve().parent / "events"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP checkpoint (config, safetensors, tokenizer, preprocessor config)."""
-    from clipsearch.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_random_clip
 
     return build_random_clip(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
 
@@ -36,7 +36,7 @@ def tiny_model_env(monkeypatch, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models import TorchClipEncoder
 
     return TorchClipEncoder(str(tiny_model_dir), threads=1, load=("text", "vision"))
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from clipsearch.config import Settings
-from clipsearch.encoder import TorchClipEncoder, load_encoder, resolve_model_id
+from clipsearch.models import TorchClipEncoder, load_encoder, resolve_model_id
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, to_pixels
+from clipsearch.models.preprocess import PreprocessConfig, to_pixels
 from conftest import make_image
 
 
@@ -31,7 +31,7 @@ def test_model_id_comes_from_the_checkpoint(tiny_encoder, tiny_model_dir):
     (None, False),  # no marker at all: a checkpoint from the hub or a user's directory
 ])
 def test_random_weight_stand_ins_are_recognised(tmp_path, marker, expected):
-    from clipsearch.encoder import has_random_weights
+    from clipsearch.models import has_random_weights
 
     if marker is not None:
         (tmp_path / "clipsearch_model.json").write_text(marker if isinstance(marker, str) else json.dumps(marker))

@@ -7,7 +7,7 @@ import pytest
 
 from clipsearch.errors import IngestError
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, preprocess_images
+from clipsearch.models.preprocess import PreprocessConfig, preprocess_images
 from conftest import make_image
 from ingest.cache import LOG, EmbeddingCache, model_slug
 from ingest.decode import DecodeLimits, decode_chunk, normalize_batch

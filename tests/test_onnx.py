@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from PIL import Image
 
 from clipsearch.config import Settings
-from clipsearch.encoder import load_encoder, resolve_model_id
-from clipsearch.encoder_onnx import OnnxClipEncoder
+from clipsearch.models import load_encoder, resolve_model_id
+from clipsearch.models.onnx_encoder import OnnxClipEncoder
 from clipsearch.errors import InvalidInput
-from clipsearch.export_onnx import export, main as export_main
+from clipsearch.models.export import export, main as export_main
 from clipsearch.index import Document
 from clipsearch.index.faiss_index import FaissIndex
 from tests.conftest import REPO, make_image
@@ -133,8 +133,8 @@ def test_pooled_text_matches_transformers_forward(cfg):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from clipsearch.export_onnx import parity_batch
-    from clipsearch.text_graph import PooledText
+    from clipsearch.models.export import parity_batch
+    from clipsearch.models.text_graph import PooledText
 
     torch.manual_seed(0)
     config = CLIPTextConfig(**{"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
@@ -160,7 +160,7 @@ def test_export_writes_the_rewritten_text_graph(onnx_dir):
 
 def test_export_falls_back_to_the_traced_module_when_the_rewrite_differs(tiny_model_dir, tiny_encoder, tmp_path,
                                                                         monkeypatch):
-    from clipsearch.text_graph import PooledText
+    from clipsearch.models.text_graph import PooledText
 
     forward = PooledText.forward
     monkeypatch.setattr(PooledText, "forward", lambda self, ids, mask: forward(self, ids, mask) * 1.01)
@@ -172,7 +172,7 @@ def test_export_falls_back_to_the_traced_module_when_the_rewrite_differs(tiny_mo
 
 
 def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny_encoder, tmp_path, monkeypatch):
-    from clipsearch.text_graph import PooledText
+    from clipsearch.models.text_graph import PooledText
 
     def unbuildable(self, model):
         raise AttributeError("'CLIPTextTransformer' object has no attribute 'encoder'")
@@ -186,7 +186,7 @@ def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny
 
 
 def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
-    from clipsearch.export_onnx import _check_text_graph, load_tower
+    from clipsearch.models.export import _check_text_graph, load_tower
 
     text, cfg = load_tower(str(tiny_model_dir), "text")
     broken = tmp_path / "text.onnx"
@@ -195,7 +195,7 @@ def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
 
 
 def test_export_fails_clearly_when_no_text_graph_matches(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    import clipsearch.export_onnx as export_onnx
+    import clipsearch.models.export as export_onnx
 
     monkeypatch.setattr(export_onnx, "_check_text_graph", lambda *a: "largest difference 3.00e-01 of the largest value")
     with pytest.warns(UserWarning):
@@ -316,7 +316,7 @@ def test_text_load_leaves_the_image_tower_for_later_and_loads_it_once(onnx_dir, 
 
 
 def test_encoder_interface_and_empty_batches(onnx_encoder):
-    from clipsearch.encoder import Encoder
+    from clipsearch.models import Encoder
 
     assert isinstance(onnx_encoder, Encoder)
     assert onnx_encoder.model_id == "clipsearch/tiny-test" and onnx_encoder.dim == 16
@@ -376,7 +376,7 @@ NO_TORCH_SCRIPT = """
 import io, json, sys
 import numpy as np
 from clipsearch.config import Settings
-from clipsearch.encoder import load_encoder
+from clipsearch.models import load_encoder
 from clipsearch.images import decode_image
 from clipsearch.index import Document, open_index
 settings = Settings.from_env()
@@ -411,7 +411,7 @@ def test_onnx_path_never_imports_torch_or_transformers(onnx_dir, tmp_path):
 def test_vit_b32_parity(tmp_path):
     """The deployed architecture: 12-layer towers, 512-d; random weights, so compare like DESIGN says."""
     from bench.common import vit_b32_dir
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models import TorchClipEncoder
 
     source = vit_b32_dir()
     export(str(source), tmp_path / "onnx", int8_text=True)

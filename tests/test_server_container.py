@@ -145,7 +145,7 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
 
     import huggingface_hub
 
-    from clipsearch.encoder import resolve_model_id
+    from clipsearch.models import resolve_model_id
     from server import download_model
 
     calls = {}

@@ -306,6 +306,6 @@ def test_onnx_app_takes_its_thread_count_from_the_cpu_share(monkeypatch, setting
         built["threads"] = s.threads
         raise RuntimeError("stop here")  # the thread count is all this test needs
 
-    monkeypatch.setattr("clipsearch.encoder.load_encoder", fake_load_encoder)
+    monkeypatch.setattr("clipsearch.models.load_encoder", fake_load_encoder)
     app = App(Settings(**{**settings.__dict__, "encoder": "onnx", "threads": None}))
     assert built["threads"] == 1 and app.init_error is not None

@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from clipsearch.encoder import MAX_TEXT_TOKENS, l2_normalize
+from clipsearch.models import MAX_TEXT_TOKENS, l2_normalize
 from clipsearch.errors import InvalidInput
-from clipsearch.preprocess import PreprocessConfig, preprocess_images
+from clipsearch.models.preprocess import PreprocessConfig, preprocess_images
 
 MANIFEST = "clipsearch_model.json"  # same name as export_onnx.MANIFEST, which imports torch lazily
 

@@ -15,7 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from clipsearch.preprocess import PreprocessConfig, preprocess_images
+from clipsearch.models.preprocess import PreprocessConfig, preprocess_images
 
 MAX_TEXT_TOKENS = 77
 
@@ -217,7 +217,7 @@ class TorchClipEncoder:
 def load_encoder(settings, *, load: Sequence[str] = ("text",), **kwargs) -> Encoder:
     """The encoder the settings choose: torch (default) or ONNX Runtime."""
     if settings.encoder == "onnx":
-        from clipsearch.encoder_onnx import OnnxClipEncoder  # no torch import on this path
+        from clipsearch.models.onnx_encoder import OnnxClipEncoder  # no torch import on this path
 
         return OnnxClipEncoder(settings.onnx_path or settings.model_source, load=load, threads=settings.threads,
                                text_int8=settings.onnx_text_int8)

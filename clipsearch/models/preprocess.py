@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipsearch.modelgen import CLIP_MEAN, CLIP_STD
+from clipsearch.models.modelgen import CLIP_MEAN, CLIP_STD
 
 
 @dataclass(frozen=True)
