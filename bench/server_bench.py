@@ -82,9 +82,9 @@ def phrases(n: int, seed: int) -> list[str]:
 
 def bare_encoder_ms(model: Path, queries: list[str]) -> np.ndarray:
     """The same queries through the encoder alone, in this process: the floor the service adds to."""
-    from clipsearch.models import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
-    enc = TorchClipEncoder(str(model), threads=1)
+    enc = TorchEncoder(str(model), threads=1)
     for q in queries[:10]:
         enc.encode_text(q)
     out = np.empty(len(queries))

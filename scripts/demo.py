@@ -44,11 +44,11 @@ def choose_model(env: dict[str, str]) -> None:
     if reachable("https://huggingface.co"):
         say(f"model: {env.get('MODEL_ID', 'openai/clip-vit-base-patch32')} (from the Hugging Face hub)")
         return
-    from clipsearch.models.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_stand_in
 
     path = DATA / "models" / "random-vit-b-32"
     if not (path / "model.safetensors").is_file():
-        build_random_clip(path, "vit-b-32", model_id="clipsearch/random-vit-b-32")
+        build_stand_in(path, "vit-b-32", model_id="clipsearch/random-vit-b-32")
     env["MODEL_PATH"] = str(path)
     say("WARNING: the model hub is unreachable and MODEL_PATH is not set: using a RANDOM-WEIGHT\n"
         "    ViT-B/32 so the whole stack runs. Rankings are meaningless. Set MODEL_PATH to a real\n"

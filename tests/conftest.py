@@ -20,9 +20,9 @@ EVENTS = Path(__file__).resolve().parent / "events"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP checkpoint (config, safetensors, tokenizer, preprocessor config)."""
-    from clipsearch.models.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_stand_in
 
-    return build_random_clip(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
+    return build_stand_in(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
 
 
 @pytest.fixture
@@ -36,9 +36,9 @@ def tiny_model_env(monkeypatch, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
-    from clipsearch.models import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
-    return TorchClipEncoder(str(tiny_model_dir), threads=1, load=("text", "vision"))
+    return TorchEncoder(str(tiny_model_dir), threads=1, load=("text", "vision"))
 
 
 def make_image(seed: int, size=(64, 48), fmt: str = "JPEG", mode: str = "RGB", **save_kwargs) -> bytes:

@@ -1,20 +1,22 @@
-"""Export a CLIP checkpoint's text and image towers to ONNX, for the torch-free query path.
+"""Export a checkpoint's text and image towers to ONNX, for the torch-free query path.
 
     python -m clipsearch.export_onnx SOURCE OUT_DIR [--model-id ID] [--towers text,vision]
                                                     [--int8-text] [--opset N]
 
-SOURCE is a hub id or a local checkpoint directory. OUT_DIR receives `text.onnx` (inputs
-input_ids and attention_mask, int64, dynamic batch and sequence; output text_embeds),
-`vision.onnx` (input pixel_values, float32, dynamic batch; output image_embeds), the tokenizer
-files, `preprocessor_config.json`, and the manifest `clipsearch_model.json` recording the
-source model id, so an index built by the torch encoder accepts this encoder's queries.
-`--int8-text` also writes `text.int8.onnx` (dynamic int8 quantisation), chosen at run time by
+SOURCE is a hub id or a local checkpoint directory of any family (`clipsearch.models.families`).
+OUT_DIR receives `text.onnx` (inputs input_ids, and attention_mask for the families that use one,
+int64, dynamic batch and sequence; output text_embeds), `vision.onnx` (input pixel_values,
+float32, dynamic batch; output image_embeds), `tokenizer.json` (converted from the checkpoint's
+SentencePiece model where it ships none), the tokenizer and preprocessor configs, and the model
+card `clipsearch_model.json` recording the source model id (so an index built by the torch
+encoder accepts this encoder's queries), its family and, under `onnx`, the graphs. `--int8-text`
+also writes `text.int8.onnx` (dynamic int8 quantisation), chosen at run time by
 ONNX_TEXT_INT8=true. Runs at build time: it needs torch and transformers, the encoder does not.
 
-The text tower is written from `clipsearch.text_graph` (fewer, larger operations; the last layer
-computes only the pooled token), checked against the checkpoint's own transformers forward on a
-padded batch; a checkpoint it does not reproduce gets the traced transformers module instead, with
-a warning. The manifest's `text_graph` says which ("pooled" or "traced").
+The text tower is written from `clipsearch.models.text_graph` (fewer, larger operations; the last
+layer computes only the pooled token), checked against the checkpoint's own transformers forward
+on padded batches; a checkpoint it does not reproduce gets the traced transformers module instead,
+with a warning. The card's `onnx.text_graph` says which ("pooled" or "traced").
 """
 
 from __future__ import annotations
@@ -29,49 +31,51 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from clipsearch.models import MAX_TEXT_TOKENS, has_random_weights, resolve_model_id
+from clipsearch.models.card import CARD_FILE
+from clipsearch.models.families import CLIP, Family, family_of
 
-MANIFEST = "clipsearch_model.json"
 DEFAULT_OPSET = 17
 TOWER_FILES = {"text": "text.onnx", "vision": "vision.onnx"}
 TEXT_INT8_FILE = "text.int8.onnx"
-# Everything a tokenizer or preprocessor might need; the encoder reads tokenizer.json and the
-# two configs, the rest travels along for tools that load the directory with transformers.
-AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-             "merges.txt", "preprocessor_config.json")
+# What the encoder reads besides the graphs and tokenizer.json; the rest travels along for tools
+# that load the directory with transformers.
+AUX_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "preprocessor_config.json")
 
 
-def load_tower(source: str, which: str):
-    """One tower as a module returning the projected embeddings (what the encoder normalises),
-    and the tower's config."""
+def load_tower(source: str, which: str, family: Family | None = None):
+    """One tower as a module returning the embeddings the encoder normalises, and the tower's
+    config. The text module takes (input_ids, attention_mask) for a family that uses a mask and
+    (input_ids) for one that attends to its padding; its `family` attribute says which."""
     import torch
-    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    from clipsearch.models import _quiet_transformers
+    from clipsearch.models import hf
 
-    _quiet_transformers()
-    cls = CLIPTextModelWithProjection if which == "text" else CLIPVisionModelWithProjection
+    family = family or family_of(source)
     # Eager attention traces to plain MatMul/Softmax ops. (SDPA also traces correctly with torch
     # 2.13, checked on padded batches, but its graph follows each torch version's decomposition.)
-    model = cls.from_pretrained(source, attn_implementation="eager").eval()
+    model = hf.load_tower(source, family, which, attn_implementation="eager")
 
     class Text(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.model, self.family = model, family
 
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+        def forward(self, input_ids, attention_mask=None):
+            return hf.run_text(self.model, family, input_ids, attention_mask)
 
     class Vision(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.model, self.family = model, family
 
         def forward(self, pixel_values):
-            return self.model(pixel_values=pixel_values).image_embeds
+            return hf.tower_output(family, "vision", self.model(pixel_values=pixel_values))
 
     return (Text() if which == "text" else Vision()).eval(), model.config
+
+
+def text_inputs(family: Family) -> list[str]:
+    return ["input_ids", "attention_mask"] if family.text.attention_mask else ["input_ids"]
 
 
 def _export(module, args: tuple, path: Path, inputs: list[str], output: str, axes: dict, opset: int) -> None:
@@ -91,17 +95,26 @@ def _export(module, args: tuple, path: Path, inputs: list[str], output: str, axe
     externalize(path)
 
 
-def parity_batch(cfg, seed: int = 0):
+def parity_batch(cfg, seed: int = 0, family: Family = CLIP):
     """Token ids as a tokenizer would give them, padded three ways: (input_ids, attention_mask).
 
-    Lengths 1 to the model's maximum; the end-of-text token where transformers will look for it
-    (the highest id for pre-#24773 configs, whose eos_token_id is 2); padding with the pad id, with
-    the end-of-text id (what CLIP's own tokenizer pads with), and a left-padded row unless the pad
-    id is the end-of-text id (transformers would then pool a padding token)."""
+    CLIP: lengths 1 to the model's maximum; the end-of-text token where transformers will look for
+    it (the highest id for pre-#24773 configs, whose eos_token_id is 2); padding with the pad id,
+    with the end-of-text id (what CLIP's own tokenizer pads with), and a left-padded row unless the
+    pad id is the end-of-text id (transformers would then pool a padding token).
+    SigLIP: every row as long as the model's positions (its tokenizer pads to them), texts of 1 to
+    all positions followed by the pad id; the mask is all ones (the tower attends to padding)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     vocab, longest = int(cfg.vocab_size), int(cfg.max_position_embeddings)
+    if not family.text.attention_mask:
+        pad = int(cfg.pad_token_id) if cfg.pad_token_id is not None and 0 <= cfg.pad_token_id < vocab else 0
+        lengths = [1, 2, 7, 13, min(30, longest), longest - 1, longest]
+        ids = np.full((len(lengths), longest), pad, dtype=np.int64)
+        for row, n in enumerate(lengths):
+            ids[row, :n] = rng.integers(0, vocab, n)
+        return ids, np.ones_like(ids)
     eos = vocab - 1 if cfg.eos_token_id == 2 else int(cfg.eos_token_id)
     bos = getattr(cfg, "bos_token_id", None)
     pad = int(cfg.pad_token_id if cfg.pad_token_id is not None else 0)
@@ -128,14 +141,17 @@ def _check_text_graph(path: Path, reference, cfg) -> str | None:
     import onnxruntime as ort
     import torch
 
-    ids, mask = parity_batch(cfg)
+    family = reference.family
+    ids, mask = parity_batch(cfg, family=family)
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))[: len(text_inputs(family))]
     with torch.no_grad():
-        want = reference(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        want = reference(*args).numpy()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
-            None, {"input_ids": ids, "attention_mask": mask})[0]
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        got = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
     except Exception as exc:  # noqa: BLE001 - ORT raises bare Exception subclasses (Fail, InvalidGraph)
         return f"onnxruntime cannot run it: {exc}"
     if got.shape != want.shape or not np.isfinite(got).all():
@@ -193,98 +209,111 @@ def export(
     int8_text: bool = False,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Export `source` to `out_dir` and return the manifest's path."""
+    """Export `source` to `out_dir` and return the model card's path."""
     import torch
     import transformers
+
+    from clipsearch.models.hf import checkpoint_card
 
     unknown = set(towers) - set(TOWER_FILES)
     if unknown or not towers:
         raise ValueError(f"towers must be a non-empty subset of {sorted(TOWER_FILES)}, got {list(towers)}")
     if int8_text and "text" not in towers:
         raise ValueError("--int8-text needs the text tower")
+    family = family_of(source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"model_id": resolve_model_id(source, model_id), "random_weights": has_random_weights(source)}
+    (out / CARD_FILE).unlink(missing_ok=True)  # no card over graphs half rewritten
+    card = checkpoint_card(source, family, model_id)
+    onnx: dict = {}
     if "text" in towers:
-        from clipsearch.models.text_graph import PooledText
-
-        text, text_cfg = load_tower(source, "text")
-        ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]], dtype=torch.long)
-        ids = ids.clamp(max=int(text_cfg.vocab_size) - 1)
-        mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.long)
-        seq = {0: "batch", 1: "sequence"}
-        text_file = out / TOWER_FILES["text"]
-
-        def export_text(module) -> str | None:
-            _export(module, (ids, mask), text_file, ["input_ids", "attention_mask"], "text_embeds",
-                    {"input_ids": seq, "attention_mask": seq, "text_embeds": {0: "batch"}}, opset)
-            return _check_text_graph(text_file, text, text_cfg)
-
-        # The rewritten graph (clipsearch.text_graph), faster, unless it does not reproduce this
-        # checkpoint's own forward: then the module traced as transformers wrote it.
-        text_graph = "pooled"
-        try:
-            problem = export_text(PooledText(text.model).eval())
-        except Exception as exc:  # noqa: BLE001 - a checkpoint whose modules are not laid out as CLIP's
-            problem = f"it cannot be built: {type(exc).__name__}: {exc}"
-        if problem:
-            warnings.warn(f"the rewritten text graph does not match {source}'s forward ({problem}); "
-                          "exporting the traced transformers module instead", stacklevel=2)
-            text_graph, problem = "traced", export_text(text)
-        if problem:
-            raise ValueError(f"the exported text tower does not match {source}'s forward: {problem}")
+        onnx.update(export_text(source, family, out, opset))
         if int8_text:
-            quantize_text(text_file, out / TEXT_INT8_FILE)
-        manifest.update(dim=int(text_cfg.projection_dim), text_graph=text_graph,
-                        max_text_tokens=min(MAX_TEXT_TOKENS, int(text_cfg.max_position_embeddings)))
-        del text  # the two towers need not sit in memory together
+            quantize_text(out / TOWER_FILES["text"], out / TEXT_INT8_FILE)
     if "vision" in towers:
-        vision, vision_cfg = load_tower(source, "vision")
+        vision, vision_cfg = load_tower(source, "vision", family)
         size = int(vision_cfg.image_size)
         pixels = torch.zeros((1, 3, size, size), dtype=torch.float32)
         _export(vision, (pixels,), out / TOWER_FILES["vision"], ["pixel_values"], "image_embeds",
                 {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}}, opset)
-        manifest.update(dim=int(vision_cfg.projection_dim), image_size=int(vision_cfg.image_size))
+        onnx["image_size"] = size
         del vision
-    _copy_aux(source, out)
-    manifest.update({
+    _copy_aux(source, family, out)
+    onnx.update({
         "opset": opset,
         "towers": {t: TOWER_FILES[t] for t in towers},
         "quantization": {"text_int8": TEXT_INT8_FILE} if int8_text else {},
-        "format": "onnx",
         "exported_with": {"torch": torch.__version__, "transformers": transformers.__version__},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    path = out / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    card.onnx = onnx
+    return card.write(out)
 
 
-def _copy_aux(source: str, out: Path) -> None:
-    """Tokenizer and preprocessor files next to the graphs (from the hub if SOURCE is an id)."""
+def export_text(source: str, family: Family, out: Path, opset: int) -> dict:
+    """Write text.onnx: the rewritten graph if it reproduces the checkpoint, else the traced module."""
+    import torch
+
+    from clipsearch.models.text_graph import PooledText
+
+    text, text_cfg = load_tower(source, "text", family)
+    longest = int(text_cfg.max_position_embeddings)
+    # SigLIP's graph is traced at the length it always runs at; CLIP's at a short padded batch.
+    width = longest if family.text.pad_to_max else 5
+    ids = (torch.arange(2 * width, dtype=torch.long).reshape(2, width) + 1) % int(text_cfg.vocab_size)
+    mask = torch.ones_like(ids)
+    mask[1, width - 2:] = 0
+    names = text_inputs(family)
+    seq = {0: "batch", 1: "sequence"}
+    text_file = out / TOWER_FILES["text"]
+
+    def write(module) -> str | None:
+        _export(module, (ids, mask)[: len(names)], text_file, names, "text_embeds",
+                {**{n: seq for n in names}, "text_embeds": {0: "batch"}}, opset)
+        return _check_text_graph(text_file, text, text_cfg)
+
+    text_graph = "pooled"
+    try:
+        problem = write(PooledText(text.model).eval())
+    except Exception as exc:  # noqa: BLE001 - a checkpoint whose modules are not laid out as expected
+        problem = f"it cannot be built: {type(exc).__name__}: {exc}"
+    if problem:
+        warnings.warn(f"the rewritten text graph does not match {source}'s forward ({problem}); "
+                      "exporting the traced transformers module instead", stacklevel=3)
+        text_graph, problem = "traced", write(text)
+    if problem:
+        raise ValueError(f"the exported text tower does not match {source}'s forward: {problem}")
+    return {"text_graph": text_graph, "text_inputs": names,
+            "max_text_tokens": min(family.text.max_tokens, longest)}
+
+
+def _copy_aux(source: str, family: Family, out: Path) -> None:
+    """tokenizer.json (the checkpoint's, or converted from its slow files) and the configs."""
+    from clipsearch.models.hf import tokenizer_json
+
     src = Path(source)
-    if src.is_dir():
-        for name in AUX_FILES:
+    for name in AUX_FILES:
+        if src.is_dir():
             if (src / name).is_file():
                 shutil.copyfile(src / name, out / name)
-    else:
-        from transformers import AutoTokenizer, CLIPImageProcessor
+            continue
+        try:
+            from huggingface_hub import hf_hub_download
 
-        AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
-        CLIPImageProcessor.from_pretrained(source).save_pretrained(str(out))
-    if not (out / "tokenizer.json").is_file():  # a slow-only checkpoint: let transformers convert it
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
-    if not (out / "tokenizer.json").is_file():
-        raise ValueError(f"{source} has no fast tokenizer (tokenizer.json) and none could be built")
+            shutil.copyfile(hf_hub_download(source, name), out / name)
+        except Exception:  # noqa: BLE001 - an optional file this repository does not have
+            pass
+    tokenizer_json(source, family).save(str(out / "tokenizer.json"))
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(0o644)  # Lambda runs the image as another user than the one that built it
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipsearch.export_onnx", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="hub id or local CLIP checkpoint directory")
-    parser.add_argument("out_dir", help="directory to write the ONNX graphs, tokenizer and manifest to")
-    parser.add_argument("--model-id", help="identity recorded in the manifest (default: the source's)")
+    parser.add_argument("source", help="hub id or local checkpoint directory (CLIP, SigLIP, SigLIP 2)")
+    parser.add_argument("out_dir", help="directory to write the ONNX graphs, tokenizer and model card to")
+    parser.add_argument("--model-id", help="identity recorded in the model card (default: the source's)")
     parser.add_argument("--towers", default="text,vision", help="comma-separated: text, vision (default both)")
     parser.add_argument("--int8-text", action="store_true", help="also write text.int8.onnx (dynamic int8)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -300,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    manifest = json.loads(path.read_text())
-    print(f"exported {manifest['model_id']} ({manifest['dim']}-d, towers {', '.join(manifest['towers'])}"
+    card = json.loads(path.read_text())
+    print(f"exported {card['model_id']} ({card['family']}, {card['dim']}-d, towers {', '.join(card['onnx']['towers'])}"
           f"{', text int8' if args.int8_text else ''}) to {args.out_dir} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -1,87 +1,26 @@
-"""CLIP encoders: text and image to L2-normalised float32 vectors.
+"""The torch encoder: any family's towers through PyTorch + transformers.
 
-`Encoder` is the interface ingest and the server depend on. `TorchClipEncoder` is the
-transformers implementation; the text and image towers load separately and lazily, so a text
-query never pays for the vision weights.
+The text and image towers load separately and lazily, so a text query never pays for the vision
+weights. Tokenisation is `clipsearch.models.tokenizer`'s, the same as the ONNX encoder's.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from clipsearch.models.encoder import l2_normalize
+from clipsearch.models.families import family_of
 from clipsearch.models.preprocess import PreprocessConfig, preprocess_images
-
-MAX_TEXT_TOKENS = 77
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    model_id: str
-    preprocess_config: PreprocessConfig
-    random_weights: bool  # a stand-in from clipsearch.modelgen: it runs, its rankings mean nothing
-
-    @property
-    def dim(self) -> int: ...
-
-    def encode_text(self, texts: str | Sequence[str]) -> np.ndarray: ...
-
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+from clipsearch.models.tokenizer import TextTokenizer
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def resolve_model_id(source: str, explicit: str | None = None) -> str:
-    """The model's identity recorded in every index it builds.
-
-    A hub id is its own identity. For a local directory: an explicit id (MODEL_ID beside
-    MODEL_PATH) wins, then `clipsearch_model.json` (written by our export and test tools), then
-    the `_name_or_path` in config.json if it names a hub id, then the directory's name.
-    """
-    if explicit:
-        return explicit
-    path = Path(source)
-    if not path.is_dir():
-        return source
-    for name, key in (("clipsearch_model.json", "model_id"), ("config.json", "_name_or_path")):
-        f = path / name
-        if f.is_file():
-            value = json.loads(f.read_text()).get(key)
-            if value and not Path(value).is_absolute() and not Path(value).exists():
-                return str(value)
-    return path.resolve().name
-
-
-def has_random_weights(source: str) -> bool:
-    """Whether `source` is a random-weight stand-in (`clipsearch.modelgen` marks the ones it writes):
-    such a model runs like CLIP, but its scores and rankings mean nothing."""
-    marker = Path(source) / "clipsearch_model.json"
-    try:
-        return marker.is_file() and json.loads(marker.read_text()).get("random_weights") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-class TorchClipEncoder:
-    """CLIP through PyTorch + transformers, on CUDA when present, CPU threads otherwise."""
+class TorchEncoder:
+    """A checkpoint's towers on CUDA when present, CPU threads otherwise."""
 
     def __init__(
         self,
@@ -95,20 +34,36 @@ class TorchClipEncoder:
     ):
         import torch
 
-        _quiet_transformers()
+        from clipsearch.models.hf import checkpoint_card, quiet_transformers
+
+        quiet_transformers()
         self.source = source
-        self.model_id = resolve_model_id(source, model_id)
-        self.random_weights = has_random_weights(source)
+        self.family_spec = family_of(source)
+        self.family = self.family_spec.name
+        self.card = checkpoint_card(source, self.family_spec, model_id)
+        self.model_id = self.card.model_id
+        self.random_weights = self.card.random_weights
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if threads:
             torch.set_num_threads(threads)
         self.cpu_bf16 = cpu_bf16
-        self.preprocess_config = PreprocessConfig.from_pretrained(source if Path(source).is_dir() else None)
-        self._text = self._vision = self._tokenizer = None
+        self.preprocess_config = self._preprocess_config()
+        self._text = self._vision = None
+        self._tokenizer: TextTokenizer | None = None
         self._lock = threading.Lock()
-        self._dim = None
         for tower in load:
             self._tower(tower)
+
+    def _preprocess_config(self) -> PreprocessConfig:
+        if Path(self.source).is_dir():
+            return PreprocessConfig.from_pretrained(self.source, self.family_spec)
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(self.source, "preprocessor_config.json")
+            return PreprocessConfig.from_pretrained(Path(path).parent, self.family_spec)
+        except Exception:  # noqa: BLE001 - no preprocessor config on the hub: the family's defaults
+            return PreprocessConfig.for_family(self.family_spec)
 
     # -- loading ---------------------------------------------------------------------------
     def _tower(self, which: str):
@@ -124,28 +79,22 @@ class TorchClipEncoder:
         return model
 
     def _load(self, which: str):
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+        from clipsearch.models.hf import load_tower, tokenizer_config, tokenizer_json
+        from clipsearch.models.tokenizer import pad_token_id
 
-        cls = CLIPTextModelWithProjection if which == "text" else CLIPVisionModelWithProjection
-        model = cls.from_pretrained(self.source).to(self.device).eval()
+        model = load_tower(self.source, self.family_spec, which).to(self.device)
         if which == "text":
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source)
+            tok = tokenizer_json(self.source, self.family_spec)
+            self._tokenizer = TextTokenizer(tok, self.family_spec.text, pad_token_id(tok, tokenizer_config(self.source)))
             self._text = model
         else:
-            if not Path(self.source).is_dir():
-                self._load_hub_preprocess_config()
             self._vision = model
-        self._dim = int(model.config.projection_dim)
         return model
 
-    def _load_hub_preprocess_config(self) -> None:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = hf_hub_download(self.source, "preprocessor_config.json")
-            self.preprocess_config = PreprocessConfig.from_pretrained(Path(path).parent)
-        except Exception:  # noqa: BLE001 - CLIP's defaults are right for OpenAI checkpoints
-            pass
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        self._tower("text")
+        return self._tokenizer
 
     @property
     def loaded_towers(self) -> tuple[str, ...]:
@@ -153,11 +102,7 @@ class TorchClipEncoder:
 
     @property
     def dim(self) -> int:
-        if self._dim is None:
-            from transformers import AutoConfig
-
-            self._dim = int(AutoConfig.from_pretrained(self.source).projection_dim)
-        return self._dim
+        return int(self.card.dim)
 
     # -- encoding --------------------------------------------------------------------------
     def _autocast(self):
@@ -173,8 +118,10 @@ class TorchClipEncoder:
         return contextlib.nullcontext()
 
     def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Texts to an (N, dim) array. One text is not padded; long texts are truncated at 77."""
+        """Texts to an (N, dim) array, tokenised by the family's rule (long texts truncated)."""
         import torch
+
+        from clipsearch.models.hf import run_text
 
         if isinstance(texts, str):
             texts = [texts]
@@ -182,15 +129,10 @@ class TorchClipEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._tower("text")
-        batch = self._tokenizer(
-            texts,
-            padding=len(texts) > 1,
-            truncation=True,
-            max_length=min(MAX_TEXT_TOKENS, int(model.config.max_position_embeddings)),
-            return_tensors="pt",
-        ).to(self.device)
+        ids, mask = self._tokenizer(texts)
+        ids_t, mask_t = torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
         with torch.inference_mode(), self._autocast():
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).text_embeds
+            out = run_text(model, self.family_spec, ids_t, mask_t)
         return l2_normalize(out.float().cpu().numpy())
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -200,28 +142,17 @@ class TorchClipEncoder:
         """A preprocessed (N, 3, H, W) batch to an (N, dim) array."""
         import torch
 
+        from clipsearch.models.hf import tower_output
+
         model = self._tower("vision")
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
         if self.device.startswith("cuda"):
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            out = model(pixel_values=tensor).image_embeds
+            out = tower_output(self.family_spec, "vision", model(pixel_values=tensor))
         return l2_normalize(out.float().cpu().numpy())
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.encode_pixels(self.preprocess(images))
-
-
-def load_encoder(settings, *, load: Sequence[str] = ("text",), **kwargs) -> Encoder:
-    """The encoder the settings choose: torch (default) or ONNX Runtime."""
-    if settings.encoder == "onnx":
-        from clipsearch.models.onnx_encoder import OnnxClipEncoder  # no torch import on this path
-
-        return OnnxClipEncoder(settings.onnx_path or settings.model_source, load=load, threads=settings.threads,
-                               text_int8=settings.onnx_text_int8)
-    if settings.encoder != "torch":
-        raise ValueError(f"ENCODER must be 'torch' or 'onnx', got {settings.encoder!r}")
-    explicit = settings.model_id if settings.model_path else None
-    return TorchClipEncoder(settings.model_source, model_id=explicit, threads=settings.threads, load=load, **kwargs)
