@@ -165,7 +165,8 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     assert download_model.main(["openai/clip-vit-base-patch32", str(tmp_path / "model")]) == 0
     assert calls["listed"] == "openai/clip-vit-base-patch32"
-    assert calls["patterns"] == ["*.json", "*.txt", "*.safetensors"]  # no .bin, .h5 or msgpack
+    # no .bin, .h5 or msgpack; SigLIP's SentencePiece model (spiece.model) comes along
+    assert calls["patterns"] == ["*.json", "*.txt", "*.model", "*.safetensors"]
     assert resolve_model_id(str(tmp_path / "model")) == "openai/clip-vit-base-patch32"
     assert download_model.weight_patterns(["pytorch_model.bin", "config.json"]) == ["pytorch_model.bin"]
     with pytest.raises(SystemExit, match="no safetensors"):
