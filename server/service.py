@@ -26,8 +26,8 @@ from server.fetch import SafeFetcher
 from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery
 
 TEXT_CACHE_SIZE = 1024
-RANDOM_WEIGHTS_WARNING = ("This deployment's CLIP model has random weights (a stand-in used when no checkpoint was "
-                          "available), so these scores and rankings mean nothing: set MODEL_PATH to a CLIP checkpoint "
+RANDOM_WEIGHTS_WARNING = ("This deployment's model has random weights (a stand-in used when no checkpoint was "
+                          "available), so these scores and rankings mean nothing: set MODEL_PATH to a checkpoint "
                           "directory (or MODEL_ID to a hub id), re-ingest and restart")
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 
@@ -104,6 +104,8 @@ class SearchService:
             "count": len(results),
             "k": q.k,
             "model": self.index.model_id,
+            # Scores are cosines for every family, but their scale is the family's (SigLIP's sit lower).
+            "family": self.encoder.family,
             "took_ms": {"encode": round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
                         "total": round((t2 - t0) * 1000, 3)},
         }
@@ -135,7 +137,9 @@ class SearchService:
         return self.encoder.encode_images([image])[0]
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.index.model_id, "dim": self.index.dim, "count": self.index.count(),
+        card = self.encoder.card
+        return {"status": "ok", "model": self.index.model_id, "family": self.encoder.family,
+                "suggested_min_score": card.suggested_min_score, "dim": self.index.dim, "count": self.index.count(),
                 "backend": getattr(self.index, "backend", type(self.index).__name__),
                 "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.settings.threads,
                 "text_cache": len(self.text_cache), "random_weights": bool(getattr(self.encoder, "random_weights", False))}
