@@ -177,6 +177,8 @@ def _gemma_pieces(entries: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     # Filler: syllables over a small alphabet, breadth first, so the vocabulary (and its file, and
     # its load time) has the real one's size; real text rarely hits them, like most of Gemma's.
     letters = "▁abcdefghijklmnopqrstuvwxyz"
+    for ch in letters:
+        vocab.setdefault(ch, len(vocab))
     for n in itertools.count(2):
         if len(vocab) >= entries:
             break
