@@ -28,7 +28,7 @@ from eval.report import build_report, format_table, write_report
 from eval.tasks import Timer, evaluate_by_language, evaluate_retrieval, evaluate_zeroshot, self_check
 
 
-EXAMPLES = """examples (MODEL_ID=openai/clip-vit-base-patch32 or MODEL_PATH=DIR for the real model):
+EXAMPLES = """examples (MODEL_ID=laion/CLIP-ViT-B-32-laion2B-s34B-b79K or MODEL_PATH=DIR for the real model):
   python -m eval retrieval dataset_flickr30k.json --images flickr30k-images --out flickr30k.json
   python -m eval retrieval dataset_coco.json --images coco --out coco.json
   python -m eval zeroshot cifar100 --out cifar100.json

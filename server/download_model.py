@@ -23,7 +23,13 @@ SMALL_FILES = ["*.json", "*.txt", "*.model"]
 
 
 def weight_patterns(files: list[str]) -> list[str]:
-    if any(f.endswith(".safetensors") for f in files):
+    """transformers' own weights: `model.safetensors` (or its shards), else other safetensors, else
+    the PyTorch .bin. LAION's repositories also hold open_clip's copy of the same weights
+    (`open_clip_*`), which transformers never reads: not downloaded."""
+    names = [f for f in files if f.endswith(".safetensors") and not f.startswith("open_clip")]
+    if any(f == "model.safetensors" or f.startswith("model-") for f in names):
+        return ["model*.safetensors"]
+    if names:
         return ["*.safetensors"]
     if "pytorch_model.bin" in files:
         return ["pytorch_model.bin"]
