@@ -318,3 +318,41 @@ def test_onnx_path_never_imports_torch_for_siglip(stand_in_onnx, family):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"family": family, "shape": [2, 32], "image": [1, 32], "heavy": []}
+
+
+# -- memory: a 256k-entry vocabulary costs only the rows a query reads -----------------------------
+PEAK_RSS = """
+import json, sys
+from clipsearch.models.onnx_encoder import OnnxEncoder
+enc = OnnxEncoder(sys.argv[1], threads=1)
+enc.encode_text(["two dogs on the beach", "二匹の犬", "كلب"])
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({k: int(status[k].split()[0]) // 1024 for k in ("VmHWM", "RssFile", "RssAnon")}))
+"""
+
+
+@pytest.mark.slow
+def test_a_text_query_pages_in_only_the_embedding_rows_it_reads(tmp_path, monkeypatch):
+    """SigLIP 2's 256,000-entry table, here 256,000 x 256 float32 = 250 MB beside tiny layers: ONNX
+    Runtime memory-maps it from text.onnx.data and a query touches a few rows, so the process stays
+    far below the table's size (it would hold all of it if the export embedded the weights or the
+    runtime copied them)."""
+    from clipsearch.models import modelgen
+    from clipsearch.models.export import export
+    from clipsearch.models.families import SIGLIP2
+
+    tower = dict(hidden_size=256, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1,
+                 layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+    preset = modelgen.Preset(SIGLIP2, dict(tower, max_position_embeddings=64), dict(tower, image_size=32, patch_size=16),
+                             text_vocab=256_000)
+    monkeypatch.setitem(modelgen.PRESETS, "siglip2-wide-vocab", preset)
+    source = modelgen.build_stand_in(tmp_path / "model", "siglip2-wide-vocab")
+    export(str(source), tmp_path / "onnx", towers=("text",))
+    table_mb = 256_000 * 256 * 4 / 2**20
+    assert (tmp_path / "onnx" / "text.onnx.data").stat().st_size / 2**20 > table_mb
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / "onnx")], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr
+    rss = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"table {table_mb:.0f} MB; process peak {rss}")
+    assert rss["VmHWM"] < table_mb * 0.6 and rss["RssFile"] < table_mb / 4
