@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
 # The query Lambda (infra/template.yaml's SearchFunction) on the AWS Lambda Python base image, in
 # one of two variants chosen by a build argument:
-#   ENCODER=onnx (default)  ONNX Runtime + tokenizers (requirements-onnx.txt): no torch in the
-#                           image. The model is exported to ONNX in a builder stage, the only
-#                           stage with torch. Cold start about 0.5 s (bench/onnx_bench.py).
-#   ENCODER=torch           CPU-only torch + transformers (requirements.txt). Cold start about 4 s.
+#   ENCODER=onnx (default)  ONNX Runtime + tokenizers (locks/onnx.txt): no torch in the image.
+#                           The model is exported to ONNX in a builder stage, the only stage
+#                           with torch. Cold start about 0.5 s (bench/onnx_bench.py).
+#   ENCODER=torch           CPU-only torch + transformers (locks/torch.txt, locks/torch-cpu.txt).
+#                           Cold start about 4 s.
 #
 #   docker build --platform linux/amd64 --provenance=false -t clipsearch:TAG .
 #       --build-arg ENCODER=onnx                            # or torch; deploy with Encoder= the same
@@ -13,6 +14,14 @@
 #       --build-arg INDEX_DIR=data/index                    # optional: bake this index in (.dockerignore
 #                                                           # admits data/index only)
 #
+# Base: public.ecr.aws/lambda/python:3.12, Python 3.12 on Amazon Linux 2023 with glibc 2.34
+# ("Building Lambda functions with Python", https://docs.aws.amazon.com/lambda/latest/dg/lambda-python.html;
+# "Improved toolchain: gcc, binutils, and glibc", https://docs.aws.amazon.com/linux/al2023/ug/glibc-gcc-and-binutils.html).
+# python:3.11 is Amazon Linux 2, glibc 2.26: too old for onnxruntime's and torch's manylinux_2_28 wheels.
+# Every stage uses the same base; its packages come only from the locks under locks/, resolved for
+# this platform (`make lock`, scripts/locks.py) and installed with their hashes, binary wheels only.
+# Each install ends with `pip check`: a lock missing a requirement fails the build, not the function.
+#
 # No credentials anywhere: nothing secret is a build argument or ENV. At run time the function
 # reads the index from S3 (INDEX_S3_URI) or OpenSearch with its execution role.
 ARG ENCODER=onnx
@@ -20,14 +29,16 @@ ARG MODEL_ID=laion/CLIP-ViT-B-32-laion2B-s34B-b79K
 ARG ONNX_TEXT_INT8=false
 
 # ---- torch: the torch variant's runtime, and the tools of the build stages below ---------------
-FROM public.ecr.aws/lambda/python:3.11 AS torch-base
+FROM public.ecr.aws/lambda/python:3.12 AS torch-base
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch first, from PyTorch's CPU index (PyPI's default build drags in GBs of CUDA); then the
-# rest of requirements.txt, whose torch pin is already satisfied.
-COPY requirements.txt ${LAMBDA_TASK_ROOT}/
-RUN pip install "$(grep -E '^torch==' ${LAMBDA_TASK_ROOT}/requirements.txt)" \
-        --index-url https://download.pytorch.org/whl/cpu \
- && pip install -r ${LAMBDA_TASK_ROOT}/requirements.txt
+# torch from PyTorch's CPU index (PyPI's linux build is the CUDA one, GBs of nvidia-* packages),
+# without its requirements: they are in locks/torch.txt, installed from PyPI next.
+COPY locks/torch-cpu.txt locks/torch.txt /tmp/locks/
+RUN pip install --require-hashes --only-binary=:all: --no-deps \
+        --index-url https://download.pytorch.org/whl/cpu -r /tmp/locks/torch-cpu.txt \
+ && pip install --require-hashes --only-binary=:all: --index-url https://pypi.org/simple -r /tmp/locks/torch.txt \
+ && pip check \
+ && rm -r /tmp/locks
 
 # ---- the weights, at build time; the function never reaches the hub (HF_HUB_OFFLINE=1) ---------
 FROM torch-base AS weights
@@ -39,9 +50,11 @@ RUN python /tmp/download_model.py "${MODEL_ID}" /opt/model && rm /tmp/download_m
 FROM weights AS onnx-export
 ARG MODEL_ID
 ARG ONNX_TEXT_INT8
-COPY requirements-onnx.txt /tmp/export/
+COPY locks/export.txt /tmp/locks/
 COPY clipsearch/ /tmp/export/clipsearch/
-RUN pip install "onnx>=1.16" "$(grep -E '^onnxruntime' /tmp/export/requirements-onnx.txt)" \
+# locks/export.txt holds locks/torch.txt's pins (already installed) plus onnx and onnxruntime.
+RUN pip install --require-hashes --only-binary=:all: --index-url https://pypi.org/simple -r /tmp/locks/export.txt \
+ && pip check \
  && cd /tmp/export \
  && HF_HUB_OFFLINE=1 python -m clipsearch.export_onnx /opt/model /opt/model-onnx --model-id "${MODEL_ID}" \
         $(if [ "${ONNX_TEXT_INT8}" = "true" ]; then echo --int8-text; fi)
@@ -51,11 +64,13 @@ FROM torch-base AS runtime-torch
 COPY --from=weights /opt/model /opt/model
 ENV ENCODER=torch MODEL_PATH=/opt/model
 
-FROM public.ecr.aws/lambda/python:3.11 AS runtime-onnx
+FROM public.ecr.aws/lambda/python:3.12 AS runtime-onnx
 ARG ONNX_TEXT_INT8
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY requirements-onnx.txt ${LAMBDA_TASK_ROOT}/
-RUN pip install -r ${LAMBDA_TASK_ROOT}/requirements-onnx.txt
+COPY locks/onnx.txt /tmp/locks/
+RUN pip install --require-hashes --only-binary=:all: --index-url https://pypi.org/simple -r /tmp/locks/onnx.txt \
+ && pip check \
+ && rm -r /tmp/locks
 COPY --from=onnx-export /opt/model-onnx /opt/model-onnx
 ENV ENCODER=onnx ONNX_PATH=/opt/model-onnx ONNX_TEXT_INT8=${ONNX_TEXT_INT8}
 

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test test-fast demo bench lint clean
+.PHONY: venv browser test test-fast demo bench lint lock clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench
+
+# The Lambda image's dependency locks (locks/*.txt), resolved from PyPI for the image's platform
+# (scripts/locks.py). Run after changing requirements*.txt; UPGRADE=1 moves every pin forward.
+lock: venv
+	$(PY) -m scripts.locks $(if $(UPGRADE),--upgrade)
 
 lint: venv
 	$(VENV)/bin/cfn-lint infra/template.yaml

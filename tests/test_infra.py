@@ -385,10 +385,10 @@ def dockerfile_problems(text: str, template: dict[str, Any]) -> list[str]:
 
 
 def test_dockerfile_checks_catch_mismatches(template):
-    good = 'FROM public.ecr.aws/lambda/python:3.11\nCMD [ "server.handler.handler" ]\n'
+    good = 'FROM public.ecr.aws/lambda/python:3.12\nCMD [ "server.handler.handler" ]\n'
     assert dockerfile_problems(good, template) == []
     assert dockerfile_cmd("FROM x\nCMD a.b \\\n  c\nCMD server.handler.handler\n") == ["server.handler.handler"]
-    bad = 'FROM public.ecr.aws/lambda/python:3.11-arm64\nARG AWS_SECRET_ACCESS_KEY\nCMD ["app.handler"]\n'
+    bad = 'FROM public.ecr.aws/lambda/python:3.12-arm64\nARG AWS_SECRET_ACCESS_KEY\nCMD ["app.handler"]\n'
     assert len(dockerfile_problems(bad, template)) == 3
 
 

@@ -559,12 +559,14 @@ def dockerfile_stages(text: str) -> tuple[dict[str, str], dict[str, list[tuple[s
 
 def image_chain(encoder: str) -> list[list[tuple[str, str]]]:
     """The instructions of every stage the image inherits from (FROM chain), for one ENCODER."""
+    from scripts.locks import image_platform
+
     args, stages, final = dockerfile_stages((REPO / "Dockerfile").read_text())
     chain, base = [final], final[0][1].replace("${ENCODER}", encoder)
     while base in stages:
         chain.append(stages[base])
         base = stages[base][0][1]
-    assert base == "public.ecr.aws/lambda/python:3.11"
+    assert base == image_platform().base_image
     return chain
 
 
@@ -573,7 +575,7 @@ def test_dockerfile_builds_onnx_by_default_without_torch():
     assert args["ENCODER"] == "onnx"
     onnx = [ins for stage in image_chain("onnx") for ins in stage]
     text = " ".join(arg for _, arg in onnx)
-    assert "requirements-onnx.txt" in text and "torch" not in text and "requirements.txt" not in text
+    assert "-r /tmp/locks/onnx.txt" in text and "torch" not in text and "requirements" not in text
     assert ("COPY", "--from=onnx-export /opt/model-onnx /opt/model-onnx") in onnx
     env = " ".join(arg for op, arg in onnx if op == "ENV")
     assert "ENCODER=onnx" in env and "ONNX_PATH=/opt/model-onnx" in env and "HF_HUB_OFFLINE=1" in env
@@ -581,41 +583,65 @@ def test_dockerfile_builds_onnx_by_default_without_torch():
     export_stage = " ".join(arg for stage in [stages["onnx-export"], stages["weights"], stages["torch-base"]]
                             for _, arg in stage)
     assert "python -m clipsearch.export_onnx /opt/model /opt/model-onnx --model-id \"${MODEL_ID}\"" in export_stage
-    assert "--index-url https://download.pytorch.org/whl/cpu" in export_stage
+    assert "--index-url https://download.pytorch.org/whl/cpu -r /tmp/locks/torch-cpu.txt" in export_stage
+    assert "-r /tmp/locks/export.txt" in export_stage
 
 
 def test_dockerfile_still_builds_the_torch_variant():
     torch_side = [ins for stage in image_chain("torch") for ins in stage]
     text = " ".join(arg for _, arg in torch_side)
-    assert "pip install -r ${LAMBDA_TASK_ROOT}/requirements.txt" in text and "onnx" not in text
+    assert "-r /tmp/locks/torch-cpu.txt" in text and "-r /tmp/locks/torch.txt" in text and "onnx" not in text
     env = " ".join(arg for op, arg in torch_side if op == "ENV")
     assert "ENCODER=torch" in env and "MODEL_PATH=/opt/model" in env
     assert [arg for op, arg in torch_side if op == "CMD"] == ['["server.handler.handler"]']
-    assert "!requirements-onnx.txt" in (REPO / ".dockerignore").read_text().split()
+    assert "!locks/" in (REPO / ".dockerignore").read_text().split()
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_handler_runs_under_the_emulator_with_only_requirements_onnx(tmp_path, onnx_dir, torch_built_index,
-                                                                     tiny_encoder):
-    """What the ONNX image's site-packages would hold, and nothing else: the runtime's interpreter
-    runs with -S and a site-packages of requirements-onnx.txt's closure (torch cannot be imported)."""
+def test_handler_runs_under_the_emulator_on_the_image_python_with_only_the_onnx_lock(
+        tmp_path, tmp_path_factory, onnx_dir, torch_built_index, tiny_encoder):
+    """The ONNX image's site-packages, as near as this machine gets to it: locks/onnx.txt's wheels
+    for the image's platform (downloaded from PyPI, hashes checked), installed by the image's
+    CPython into a folder that is its only site-packages (it runs with -S: not even its own).
+    The real emulator runs the handler there: an import of anything outside the lock, or a wheel
+    that does not load on that Python, fails the invocations."""
     import base64
 
+    from image_support import image_python, install_site, lock_wheels, session_dir, tail
+    from scripts.locks import image_platform
     from server.local import LocalStack
-    from test_server_container import requirement_closure, requirements_only_site
 
-    linked = requirements_only_site(tmp_path / "site", requirement_closure(REPO / "requirements-onnx.txt"))
-    assert {"onnxruntime", "tokenizers", "awslambdaric", "pydantic", "faiss", "PIL"} <= set(linked)
-    assert not {"torch", "transformers", "safetensors", "psutil", "pytest"} & set(linked)
+    platform = image_platform()
+    python = image_python(platform.python)
+    if python is None:
+        pytest.skip(f"CPython {platform.python}, the image's Python, is not installed here (looked under "
+                    f"~/.pyenv/versions and on PATH): the handler did not run on the ONNX lock")
+    wheels = session_dir(tmp_path_factory, "image-wheels")
+    got = lock_wheels(platform, "locks/onnx.txt", wheels)
+    assert got.ok, tail(got.proc)
+    site = session_dir(tmp_path_factory, f"site-onnx-{platform.python}")
+    installed = install_site(python, "locks/onnx.txt", wheels, site)
+    assert installed.returncode == 0, tail(installed)
+    top = {p.name for p in site.iterdir()}
+    assert {"onnxruntime", "tokenizers", "awslambdaric", "pydantic", "faiss", "PIL"} <= top
+    assert not {"torch", "transformers", "safetensors", "psutil", "pytest"} & top
     env = {"ENCODER": "onnx", "ONNX_PATH": str(onnx_dir), "INDEX_PATH": str(torch_built_index), "TORCH_THREADS": "1",
-           "PYTHONPATH": str(tmp_path / "site")}
+           "PYTHONPATH": str(site)}
     queries = [{"query": "two dogs", "input_type": "text"}, {"query": "img3", "input_type": "id"},
                {"query": base64.b64encode(make_image(5, fmt="PNG")).decode(), "input_type": "image"},
                {"query": "", "input_type": "text"}]
-    with LocalStack(env=env, log=tmp_path / "log", python=[sys.executable, "-S"]) as stack:
+    with LocalStack(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         replies = [stack.invoke(q) for q in queries]
+        runtime = stack.runtime_process()
+        cmdline, maps = runtime.cmdline(), [m.path for m in runtime.memory_maps()]
     assert [r["statusCode"] for r in replies] == [200, 200, 200, 400], (tmp_path / "log").read_text()[-3000:]
     expected = [h.id for h in FaissIndex.load(torch_built_index).search(tiny_encoder.encode_text("two dogs")[0], k=10)]
     assert [r["id"] for r in json.loads(replies[0]["body"])["results"]] == expected
+    assert cmdline[:2] == [str(python), "-S"]
+    # Every extension module the function loaded came from the lock's site (or the interpreter).
+    loaded = [m for m in maps if m.endswith(".so") or ".so." in m]
+    assert any(m.startswith(str(site)) and "onnxruntime" in m for m in loaded)
+    venv = (sys.prefix, os.path.realpath(sys.prefix))  # this test's own packages
+    assert not [m for m in loaded if "site-packages" in m or m.startswith(venv)], loaded

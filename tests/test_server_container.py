@@ -1,16 +1,19 @@
-"""What can be proven about the container without a Docker engine.
+"""What can be proven about the container without a Docker engine (the image is never built here).
 
-1. The Dockerfile: the Lambda Python base image, CPU-only torch at requirements.txt's pin,
-   requirements.txt only, weights downloaded at build time, offline at run time, no credentials,
-   and a CMD naming a handler module that the image copies in.
-2. "A virtualenv built from requirements.txt alone runs the handler": building one here would
-   download gigabytes, so the test assembles its equivalent from the installed packages: a
-   site-packages of links to the files of requirements.txt's distributions and everything they
-   require (nothing else), and the runtime's interpreter started with -S so the shared venv's
-   site-packages (with the dev tools) is not on its path. The real emulator then runs the handler
-   on it, serving text, image (every format), id, URL and bad queries. An import of a dev-only
-   package (psutil, pytest, streamlit ...) fails there; optional packages that transformers or
-   huggingface_hub use only when present (psutil, trio) are simply absent, as in the image.
+1. The Dockerfile: the Lambda Python base image (Python 3.12, Amazon Linux 2023), packages from
+   the locks only (locks/*.txt, with their hashes, binary wheels, `pip check`), CPU-only torch
+   from PyTorch's index at requirements.txt's pin, weights downloaded at build time, offline at
+   run time, no credentials, and a CMD naming a handler module that the image copies in.
+2. The torch image's packages on the image's Python: locks/torch.txt's wheels for the image's
+   platform, installed by CPython 3.12 into a folder that is its only site-packages, all import
+   there. torch 2.13.0+cpu for cp312 comes only from PyTorch's CPU index; where that cannot be
+   reached (here) the handler is not run on that site, and the test says so.
+3. The handler with ENCODER=torch under the real emulator on this venv's Python (3.11, not the
+   image's): a site-packages of links to the files of requirements.txt's distributions and
+   everything they require (nothing else), the interpreter started with -S so the shared venv's
+   site-packages (with the dev tools) is not on its path; text, image (every format), id, URL and
+   bad queries. An import of a dev-only package (psutil, pytest, streamlit ...) fails there.
+The dependency resolution for the image's platform: tests/test_image_deps.py.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from conftest import REPO, make_image
 from packaging.requirements import Requirement
 from server_support import build_index
 
+from scripts.locks import TORCH_CPU_INDEX, TORCH_LOCK, image_platform, read_lock
+
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
 
@@ -39,13 +44,13 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
 def test_dockerfile_builds_the_lambda_image_we_mean():
     ins = dockerfile_instructions(DOCKERFILE)
     # Global ARGs (ENCODER picks the final stage) may precede it: the first stage is the Lambda base.
-    assert next(arg for op, arg in ins if op == "FROM").split()[0] == "public.ecr.aws/lambda/python:3.11"
+    assert next(arg for op, arg in ins if op == "FROM").split()[0] == "public.ecr.aws/lambda/python:3.12"
+    assert image_platform().os == "Amazon Linux 2023"
     runs = " ".join(arg for op, arg in ins if op == "RUN")
     pin = next(line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
-    assert pin == "torch==2.13.0"
-    assert "grep -E '^torch=='" in runs and "--index-url https://download.pytorch.org/whl/cpu" in runs
-    assert "pip install -r ${LAMBDA_TASK_ROOT}/requirements.txt" in runs
-    assert "requirements-dev" not in DOCKERFILE
+    assert pin == "torch==2.13.0" and read_lock(REPO / TORCH_LOCK)["torch"].version == "2.13.0+cpu"
+    assert "--index-url https://download.pytorch.org/whl/cpu -r /tmp/locks/torch-cpu.txt" in runs
+    assert "requirements" not in runs and "requirements-dev" not in DOCKERFILE
     assert "download_model.py" in runs and "/opt/model" in runs
     env = " ".join(arg for op, arg in ins if op == "ENV")
     assert "HF_HUB_OFFLINE=1" in env and "MODEL_PATH=/opt/model" in env
@@ -67,7 +72,39 @@ def test_cmd_handler_imports_from_what_the_image_copies():
     module, func = json.loads(next(a for o, a in dockerfile_instructions(DOCKERFILE) if o == "CMD"))[0].rsplit(".", 1)
     assert (REPO / (module.replace(".", "/") + ".py")).is_file() and func == "handler"
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert "*" in ignored and {"!clipsearch/", "!server/", "!requirements.txt"} <= set(ignored)
+    assert "*" in ignored and {"!clipsearch/", "!server/", "!locks/"} <= set(ignored)
+
+
+def pip_installs(text: str) -> list[tuple[str, list[str]]]:
+    """(stage, arguments) of every `pip install` in the Dockerfile's RUN instructions."""
+    found, stage = [], ""
+    for op, arg in dockerfile_instructions(text):
+        if op == "FROM":
+            stage = arg.split()[-1]
+        elif op == "RUN":
+            found += [(stage, part.split()[2:]) for part in arg.split("&&") if part.split()[:2] == ["pip", "install"]]
+    return found
+
+
+def test_dockerfile_installs_only_the_locks_with_their_hashes():
+    installs = pip_installs(DOCKERFILE)
+    locks = {args[args.index("-r") + 1]: (stage, args) for stage, args in installs}
+    assert set(locks) == {"/tmp/locks/torch-cpu.txt", "/tmp/locks/torch.txt", "/tmp/locks/export.txt",
+                          "/tmp/locks/onnx.txt"}
+    assert [stage for stage, _ in locks.values()] == ["torch-base", "torch-base", "onnx-export", "runtime-onnx"]
+    for lock, (stage, args) in locks.items():
+        assert "--require-hashes" in args and "--only-binary=:all:" in args, lock
+        index = args[args.index("--index-url") + 1]
+        assert index == ("https://download.pytorch.org/whl/cpu" if lock.endswith("torch-cpu.txt")
+                         else "https://pypi.org/simple"), lock
+        assert ("--no-deps" in args) == lock.endswith("torch-cpu.txt"), lock  # torch's deps: locks/torch.txt
+        assert (REPO / "locks" / Path(lock).name).is_file()
+    copied = " ".join(arg for op, arg in dockerfile_instructions(DOCKERFILE) if op == "COPY")
+    assert all(f"locks/{Path(lock).name}" in copied for lock in locks)
+    runs = [arg for op, arg in dockerfile_instructions(DOCKERFILE) if op == "RUN" and "pip install" in arg]
+    assert all("pip check" in run for run in runs)
+    # The checker sees an unhashed install.
+    assert pip_installs("FROM x AS a\nRUN pip install -r r.txt && pip check\n") == [("a", ["-r", "r.txt"])]
 
 
 def requirement_closure(path: Path) -> set[str]:
@@ -116,8 +153,9 @@ def norm(name: str) -> str:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, tiny_encoder, tiny_model_dir):
-    """The runtime's interpreter runs with -S (no site-packages at all) and a site-packages holding
-    only requirements.txt's dependency closure: what a virtualenv built from it alone would hold."""
+    """On this venv's Python (3.11) and packages, not the image's: the runtime's interpreter runs
+    with -S (no site-packages at all) and a site-packages holding only requirements.txt's dependency
+    closure, what a virtualenv built from it alone would hold. The image's Python: below."""
     from server.local import LocalStack
 
     closure = requirement_closure(REPO / "requirements.txt")
@@ -137,6 +175,65 @@ def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, ti
         cmdline = stack.runtime_process().cmdline()
     assert statuses == [200, 200, 400, 400, 200, 200, 200, 200], (tmp_path / "log").read_text()[-3000:]
     assert cmdline[1] == "-S"
+
+
+TORCH_IMAGE_MODULES = ["transformers", "tokenizers", "safetensors", "huggingface_hub", "numpy", "faiss", "PIL",
+                       "pydantic", "opensearchpy", "boto3", "awslambdaric", "sympy", "networkx", "jinja2", "fsspec",
+                       "filelock", "clipsearch.config", "clipsearch.index.faiss_index", "server.errors"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_torch_image_packages_on_the_image_python(tmp_path, tmp_path_factory, tiny_encoder, tiny_model_dir):
+    """locks/torch.txt's wheels for the image's platform, installed by the image's CPython into
+    a folder that is its only site-packages, import there; with torch from locks/torch-cpu.txt
+    the handler then runs under the emulator on it, as in the 3.11 test above."""
+    import subprocess
+
+    from image_support import image_python, install_site, lock_wheels, pip, session_dir, tail
+    from server.local import LocalStack
+
+    platform = image_platform()
+    python = image_python(platform.python)
+    if python is None:
+        pytest.skip(f"CPython {platform.python}, the image's Python, is not installed here (looked under "
+                    f"~/.pyenv/versions and on PATH): the torch lock was not imported on it")
+    wheels = session_dir(tmp_path_factory, "image-wheels")
+    got = lock_wheels(platform, "locks/torch.txt", wheels)
+    assert got.ok, tail(got.proc)
+    site = session_dir(tmp_path_factory, f"site-torch-{platform.python}")
+    installed = install_site(python, "locks/torch.txt", wheels, site)
+    assert installed.returncode == 0, tail(installed)
+    env = {"PYTHONPATH": f"{site}:{REPO}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    imported = subprocess.run([str(python), "-S", "-c", "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)",
+                               *TORCH_IMAGE_MODULES], env=env, capture_output=True, text=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+
+    torch = pip("download", "--no-deps", "--require-hashes", "--retries", "1", "--timeout", "15",
+                "--index-url", TORCH_CPU_INDEX, *platform.pip_args(), "--dest", str(tmp_path / "torch"),
+                "-r", str(REPO / TORCH_LOCK))
+    # Skip only when the index cannot be reached at all; a wrong hash or a missing wheel fails.
+    unreachable = re.search(r"Failed to resolve '[^']+'[^)]*\)|NewConnectionError|ConnectTimeoutError|Network is "
+                            r"unreachable|Connection refused", torch.stderr)
+    if torch.returncode != 0 and unreachable:
+        pytest.skip(f"torch {read_lock(REPO / TORCH_LOCK)['torch'].version} for {platform.abi} comes only from "
+                    f"{TORCH_CPU_INDEX}, which this host cannot reach ({unreachable.group(0)}). Checked on Python "
+                    f"{platform.python}: locks/torch.txt installs and {len(TORCH_IMAGE_MODULES)} of its modules "
+                    f"import; not checked: torch itself and the handler with ENCODER=torch on that Python")
+    assert torch.returncode == 0, tail(torch)
+    added = pip("install", "--no-index", "--find-links", str(tmp_path / "torch"), "--no-deps", "--require-hashes",
+                "--no-compile", "--target", str(tmp_path / "site-torch"), "-r", str(REPO / TORCH_LOCK), python=python)
+    assert added.returncode == 0, tail(added)
+    build_index(tmp_path / "index", tiny_encoder, n=4)
+    env = {"MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(tmp_path / "index"), "TORCH_THREADS": "1",
+           "PYTHONPATH": f"{tmp_path / 'site-torch'}:{site}"}
+    queries = [{"query": "two dogs", "input_type": "text"}, {"query": "doc01", "input_type": "id"},
+               {"query": base64.b64encode(make_image(1, fmt="PNG")).decode(), "input_type": "image"},
+               {"query": "x", "input_type": "?"}]
+    with LocalStack(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
+        assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
+        statuses = [stack.invoke(q)["statusCode"] for q in queries]
+    assert statuses == [200, 200, 200, 400], (tmp_path / "log").read_text()[-3000:]
 
 
 def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model_dir):
