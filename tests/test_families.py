@@ -356,3 +356,17 @@ def test_a_text_query_pages_in_only_the_embedding_rows_it_reads(tmp_path, monkey
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"table {table_mb:.0f} MB; process peak {rss}")
     assert rss["VmHWM"] < table_mb * 0.6 and rss["RssFile"] < table_mb / 4
+
+
+def test_modelgen_command_line(tmp_path, capsys):
+    """`python -m clipsearch.modelgen DEST PRESET` as users and checks call it."""
+    from clipsearch.models.modelgen import PRESETS, main
+
+    assert main([]) == 2 and "siglip2-b16" in capsys.readouterr().out  # the presets, listed
+    assert main([str(tmp_path / "x"), "siglip3"]) == 2 and "unknown preset 'siglip3'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    out = subprocess.run([sys.executable, "-m", "clipsearch.modelgen", str(tmp_path / "s2"), "siglip2-tiny"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert read_card(tmp_path / "s2").family == "siglip2" and family_of(str(tmp_path / "s2")).name == "siglip2"
+    assert {p.family.name for p in PRESETS.values()} == set(FAMILIES)
