@@ -61,9 +61,21 @@ class BackendUnavailable(ClipsearchError):
 
 
 class IndexMissing(ClipsearchError):
-    """No index at the configured location."""
+    """No usable index at the configured location."""
 
     code = "index_missing"
+
+
+class IndexCorrupt(IndexMissing):
+    """The index is there but its files fail their checks (checksums, shapes, rows): serving it
+    would give wrong answers. A kind of IndexMissing, so everything that handles a missing index
+    (the server's 503 with Retry-After, ingest's error line) handles it too."""
+
+    code = "index_corrupt"
+
+    def __init__(self, file, problem: str, fix: str = "re-run the ingest that built it, or restore the directory"):
+        self.file, self.problem = str(file), problem
+        super().__init__(f"the index file {file} is damaged: {problem}; {fix}")
 
 
 class IngestError(ClipsearchError):

@@ -7,6 +7,9 @@ Filters may name any field whose type is filterable.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 # name -> type. "keyword": exact-match string; "integer"/"float"/"boolean": numbers and flags;
 # "text": free text, returned but not filterable; "stored": returned, not indexed (URLs, paths).
 FIELDS: dict[str, str] = {
@@ -44,3 +47,40 @@ def orientation(width: int, height: int, tolerance: float = 0.05) -> str:
     if abs(ratio - 1.0) <= tolerance:
         return "squarish"
     return "landscape" if ratio > 1 else "portrait"
+
+
+# A str may hold surrogate code points that no UTF-8 can encode: os.fsdecode's escapes for a file
+# name that is not UTF-8 (b"caf\xe9.jpg" -> "caf\udce9.jpg"), or a JSON "\ud800" escape. Written
+# as they are (json.dumps(ensure_ascii=False)), they make the output unencodable, and whatever
+# sends it on fails.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def json_safe(value: Any) -> Any:
+    """`value` (metadata: dicts, lists, strings, numbers) with every string, keys included, made
+    encodable as UTF-8: a surrogate pair becomes its character, a lone surrogate U+FFFD."""
+    if isinstance(value, str):
+        if not has_surrogates(value):
+            return value
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def display_text(text: str) -> str:
+    """`text` made printable and JSON-safe for reports and metadata, keeping what a file name's
+    undecodable bytes were: os.fsdecode's escapes (U+DC80-U+DCFF) become `\\xNN`, any other
+    lone surrogate U+FFFD."""
+    if not has_surrogates(text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return json_safe(text)

@@ -82,7 +82,8 @@ def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
     ingest's embedding cache and folder state (kept only if the caller keeps the folder)."""
     from ingest.cli import main as ingest_main  # the real pipeline, imported only when used
 
-    argv = ["folder", str(folder), "--backend", settings.backend, "--cache-dir", str(cache_dir)]
+    # The staging folder is links to the dataset's files, outside it: followed on purpose.
+    argv = ["folder", str(folder), "--follow-links", "--backend", settings.backend, "--cache-dir", str(cache_dir)]
     env = {}
     if settings.backend == "faiss":
         argv += ["--index", str(settings.index_path)]

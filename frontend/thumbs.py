@@ -3,7 +3,8 @@
 Remote images (Unsplash) are hotlinked, as Unsplash asks: the browser loads them from their CDN.
 Each URL is checked first with a HEAD request, so one that is gone shows a placeholder rather than
 a broken image. Local files (folder ingest, `path` and no `url`) exist only on the machine that
-ingested them; the demo runs everything on one machine, so they are read and shrunk here.
+ingested them; the demo runs everything on one machine, so they are read and shrunk here (their
+paths are relative to the ingested folder: CLIPSEARCH_PHOTO_DIRS says where that is).
 """
 
 from __future__ import annotations
@@ -69,9 +70,27 @@ def check_url(url: str, session: requests.Session) -> Thumb:
     return Thumb(url=url)
 
 
+def local_file(path: str, photo_dirs: Sequence[str] | None = None) -> str | None:
+    """Where a result's `path` is on this machine. Folder ingest stores it relative to the folder
+    it read, so it is looked up under CLIPSEARCH_PHOTO_DIRS (folders, separated by ':'), never
+    above them; an absolute path (an index written before paths were relative) is taken as is."""
+    if os.path.isabs(path):
+        return path if os.path.isfile(path) else None
+    if photo_dirs is None:
+        photo_dirs = [d for d in os.environ.get("CLIPSEARCH_PHOTO_DIRS", "").split(os.pathsep) if d]
+    for folder in photo_dirs:
+        root = os.path.realpath(folder)
+        candidate = os.path.realpath(os.path.join(root, path))
+        if candidate.startswith(root + os.sep) and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
 def local_thumb(path: str) -> Thumb:
-    if not os.path.isfile(path):
+    found = local_file(path)
+    if found is None:
         return Thumb(problem="file not found on this machine")
+    path = found
     try:
         img = read_image_file(path)
     except (ClipsearchError, OSError) as exc:

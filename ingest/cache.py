@@ -4,16 +4,23 @@ One directory per model under the cache root:
 
     <root>/<model-slug>/model.json       {"model_id": ..., "dim": ...}
     <root>/<model-slug>/embeddings.log   append-only records, one per encoded batch
-    <root>/<model-slug>/.lock            held (flock) by the one process writing
+    <root>/<model-slug>/.lock            flock: held while a process reads the log or appends
 
 A record is `MAGIC | header length | count | crc32 | header JSON | float32 vectors`, written
 with one `write` and fsynced, so the log doubles as ingest's checkpoint: a process killed at
-any point leaves complete records plus at most one torn tail, which the next open cuts off.
+any point leaves complete records plus at most one torn tail, which the next open cuts off. A
+damaged record in the middle (a flipped bit, lost or stray bytes) costs only its own vectors:
+reading resumes at the next record that checks out, and the damage is reported.
 Keys are document ids (an Unsplash photo id, or the sha256 of a local file's bytes).
+
+Several ingests may share a cache (one model, several indexes): each append, and the read at
+open, hold the lock, so records never interleave and a reader never cuts off a record that a
+live writer is in the middle of.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -21,7 +28,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +37,7 @@ from clipsearch.errors import IngestError
 MAGIC = b"CSE1"
 _HEAD = struct.Struct("<4sIII")  # magic, header length, count, crc32 of header + vectors
 LOG = "embeddings.log"
+MODEL_FILE = "model.json"
 
 
 def model_slug(model_id: str) -> str:
@@ -40,7 +48,7 @@ def model_slug(model_id: str) -> str:
 
 
 class EmbeddingCache:
-    """Vectors by document id for one model. Open with `EmbeddingCache.open`; one writer."""
+    """Vectors by document id for one model. Open with `EmbeddingCache.open`."""
 
     def __init__(self, directory: Path, model_id: str, dim: int):
         self.dir, self.model_id, self.dim = directory, model_id, dim
@@ -49,60 +57,114 @@ class EmbeddingCache:
         self._log = None
         self._lock_fh = None
         self.truncated_bytes = 0  # torn tail cut off at open (a killed writer)
+        self.damaged_records = 0  # damaged stretches skipped in the middle of the log
+        self.damaged_bytes = 0
 
     @classmethod
     def open(cls, root: str | Path, *, model_id: str, dim: int) -> "EmbeddingCache":
         directory = Path(root) / model_slug(model_id)
         directory.mkdir(parents=True, exist_ok=True)
         self = cls(directory, model_id, dim)
-        self._lock()
-        meta = directory / "model.json"
-        if meta.is_file():
-            recorded = json.loads(meta.read_text())
-            if recorded.get("model_id") != model_id or recorded.get("dim") != dim:
-                raise IngestError(f"embedding cache {directory} holds {recorded} not {model_id!r} ({dim}-d): "
-                                  "remove it or choose another --cache-dir")
-        else:
-            meta.write_text(json.dumps({"model_id": model_id, "dim": dim}))
-        self._load()
-        self._log = open(directory / LOG, "ab")
+        self._lock_fh = open(directory / ".lock", "a")
+        try:
+            with self._locked():
+                self._check_model_file()
+                self._load()
+                self._log = open(directory / LOG, "ab")
+        except BaseException:
+            self.close()
+            raise
         return self
 
-    def _lock(self) -> None:
-        # Two writers appending to one log would interleave records; the kernel drops the lock
-        # when its holder dies, even by kill -9, so a crashed run never blocks the next one.
-        self._lock_fh = open(self.dir / ".lock", "w")
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Held for one read or one append (milliseconds); the kernel drops it when its holder
+        # dies, even by kill -9, so a crashed run never blocks the next one.
+        fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            raise IngestError(f"another ingest is using the embedding cache {self.dir}: wait for it to finish") from None
+            yield
+        finally:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+
+    def _check_model_file(self) -> None:
+        meta = self.dir / MODEL_FILE
+        if not meta.is_file():
+            tmp = meta.with_name(f".{MODEL_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"model_id": self.model_id, "dim": self.dim}))
+            os.replace(tmp, meta)
+            return
+        try:
+            recorded = json.loads(meta.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise IngestError(f"embedding cache {self.dir} is damaged: {meta} is not the JSON object ingest "
+                              f"writes; remove {self.dir} (its vectors are encoded again) or choose another --cache-dir")
+        if recorded.get("model_id") != self.model_id or recorded.get("dim") != self.dim:
+            raise IngestError(f"embedding cache {self.dir} holds {recorded} not {self.model_id!r} ({self.dim}-d): "
+                              "remove it or choose another --cache-dir")
 
     def _load(self) -> None:
         path = self.dir / LOG
         if not path.is_file():
             return
         data = path.read_bytes()
-        pos, good = 0, 0
-        row_bytes = 4 * self.dim
-        while pos + _HEAD.size <= len(data):
-            magic, head_len, count, crc = _HEAD.unpack_from(data, pos)
-            start, end = pos + _HEAD.size, pos + _HEAD.size + head_len + count * row_bytes
-            if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) & 0xFFFFFFFF != crc:
-                break
-            header = json.loads(data[start : start + head_len])
-            vectors = np.frombuffer(data, dtype=np.float32, count=count * self.dim, offset=start + head_len)
-            vectors = vectors.reshape(count, self.dim)
-            for i, key in enumerate(header["ids"]):
-                self._vectors[key] = vectors[i]
-                self._extras[key] = header["extras"][i]
-            pos = good = end
-        if good < len(data):
-            self.truncated_bytes = len(data) - good
+        pos = good_end = 0
+        damage_from: int | None = None
+        while pos < len(data):
+            end = self._read_record(data, pos)
+            if end is None:  # damaged here: resume at the next record that checks out
+                if damage_from is None:
+                    damage_from = pos
+                pos = data.find(MAGIC, pos + 1)
+                if pos < 0:
+                    break
+                continue
+            if damage_from is not None:
+                self.damaged_records += 1
+                self.damaged_bytes += pos - damage_from
+                damage_from = None
+            pos = good_end = end
+        if good_end < len(data):  # nothing valid after it: a torn tail, or a damaged last record
+            self.truncated_bytes = len(data) - good_end
             with open(path, "r+b") as fh:
-                fh.truncate(good)
+                fh.truncate(good_end)
                 fh.flush()
                 os.fsync(fh.fileno())
+
+    def _read_record(self, data: bytes, pos: int) -> int | None:
+        """Store the record at `pos` and return where it ends, or None if it does not check out."""
+        if pos + _HEAD.size > len(data):
+            return None
+        magic, head_len, count, crc = _HEAD.unpack_from(data, pos)
+        start = pos + _HEAD.size
+        end = start + head_len + count * 4 * self.dim
+        if magic != MAGIC or end > len(data) or zlib.crc32(data[start:end]) & 0xFFFFFFFF != crc:
+            return None
+        try:  # a record with a good checksum that ingest did not write (a hostile file)
+            header = json.loads(data[start : start + head_len])
+            ids, extras = header["ids"], header["extras"]
+            if not (len(ids) == len(extras) == count and all(isinstance(k, str) for k in ids)
+                    and all(isinstance(e, dict) for e in extras)):
+                return None
+        except (ValueError, TypeError, KeyError):
+            return None
+        vectors = np.frombuffer(data, dtype=np.float32, count=count * self.dim, offset=start + head_len)
+        for key, vector, extra in zip(ids, vectors.reshape(count, self.dim), extras):
+            self._vectors[key] = vector
+            self._extras[key] = extra
+        return end
+
+    def damage_report(self) -> str | None:
+        """What opening found wrong with the log, for the run's summary; None when nothing."""
+        parts = []
+        if self.damaged_records:
+            parts.append(f"skipped {self.damaged_records} damaged record(s) ({self.damaged_bytes:,} bytes)")
+        if self.truncated_bytes:
+            parts.append(f"cut off {self.truncated_bytes:,} bytes of an unfinished or damaged last record")
+        if not parts:
+            return None
+        return f"embedding cache {self.dir / LOG}: {'; '.join(parts)}; the images they held are encoded again"
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -124,9 +186,10 @@ class EmbeddingCache:
         header = json.dumps({"ids": list(keys), "extras": list(extras)}).encode()
         body = header + vectors.tobytes()
         record = _HEAD.pack(MAGIC, len(header), len(keys), zlib.crc32(body) & 0xFFFFFFFF) + body
-        self._log.write(record)
-        self._log.flush()
-        os.fsync(self._log.fileno())
+        with self._locked():
+            self._log.write(record)
+            self._log.flush()
+            os.fsync(self._log.fileno())
         for i, key in enumerate(keys):
             self._vectors[key] = vectors[i]
             self._extras[key] = dict(extras[i])
@@ -158,6 +221,9 @@ class NoCache:
 
     def append(self, keys, vectors, extras) -> None:
         pass
+
+    def damage_report(self) -> None:
+        return None
 
     def close(self) -> None:
         pass

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
+from clipsearch.schema import display_text
 from ingest.decode import DecodeLimits
 from ingest.download import RetryPolicy
 from ingest.progress import Progress, Summary
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "state (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true",
                    help="do not read or write the embedding cache (a resumed run re-encodes what was not saved)")
+    g.add_argument("--wait", action="store_true",
+                   help="if another ingest is writing the same embedded index, wait for it to finish "
+                        "(default: exit at once saying so)")
     g = common.add_argument_group("pipeline")
     g.add_argument("--batch-size", type=_positive, help="images per forward pass (default: 32 on CPU, 256 on CUDA)")
     g.add_argument("--decode-workers", type=_non_negative,
@@ -109,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Index every JPEG/PNG/WebP/GIF under PATH. Incremental: unchanged files "
                                     "are skipped, deleted files are removed from the index.")
     fo.add_argument("path", metavar="PATH", help="folder to scan recursively")
+    fo.add_argument("--follow-links", action="store_true",
+                    help="follow symbolic links that lead out of PATH, to files and directories (default: only "
+                         "links that stay inside PATH; devices, FIFOs and /proc, /sys, /dev are never read)")
     ap.set_defaults(_subparsers=(un, fo))
     return ap
 
@@ -185,6 +192,21 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     summary = Summary(args.source)
     progress = Progress(False if args.quiet else None)
 
+    from ingest.lock import lock_index
+
+    # The embedded index is written whole at each save: one ingest at a time per directory.
+    index_lock = lock_index(settings.index_path, wait=args.wait) if settings.backend == "faiss" else None
+    try:
+        _run(args, settings, summary, progress)
+    finally:
+        if index_lock is not None:
+            index_lock.close()
+        progress.close()
+        summary.total_seconds = time.perf_counter() - started
+    return summary
+
+
+def _run(args, settings: Settings, summary: Summary, progress: Progress) -> None:
     from clipsearch.index import open_index
     from ingest.cache import EmbeddingCache, NoCache
     from ingest.pipeline import Pipeline
@@ -195,6 +217,8 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     # bf16 vectors are the same model's (one index takes both) but not the same numbers: own cache.
     cache_key = encoder.model_id + ("@bf16" if args.precision == "bf16" else "")
     cache = NoCache() if args.no_cache else EmbeddingCache.open(args.cache_dir, model_id=cache_key, dim=encoder.dim)
+    if cache.damage_report():
+        summary.warnings.append(cache.damage_report())
     summary.add_time("open", time.perf_counter() - t0)
     options = _pipeline_options(args, settings, encoder.device)
     try:
@@ -204,9 +228,6 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
         summary.index_count = index.count()
     finally:
         cache.close()
-        progress.close()
-        summary.total_seconds = time.perf_counter() - started
-    return summary
 
 
 def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:
@@ -231,7 +252,7 @@ def _folder(args, settings: Settings, pipeline: Pipeline) -> None:
     root = folder.resolve_root(args.path)
     state = folder.FolderState.for_index(Path(args.cache_dir) / "state", root, _index_location(settings))
     t0 = time.perf_counter()
-    fplan = folder.plan(root, state, pipeline.indexed_ids)
+    fplan = folder.plan(root, state, pipeline.indexed_ids, summary.skipped, follow_links=args.follow_links)
     summary.add_time("scan", time.perf_counter() - t0)
     summary.found = len(fplan.stats)
     if fplan.unchanged:
@@ -254,11 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser_args = build_parser().parse_args(argv)  # exits 2 with usage on bad options
     try:
         summary = execute(argv)
-    except ClipsearchError as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a model directory or index path that cannot be read or written
-        print(f"ingest: error: {exc}", file=sys.stderr)
+    except (ClipsearchError, OSError) as exc:  # OSError: a model or index path that cannot be read or written
+        print(f"ingest: error: {display_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ingest: interrupted; run the same command again to resume", file=sys.stderr)

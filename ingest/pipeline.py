@@ -14,8 +14,10 @@ encoding), or nowhere (encoded again); documents are upserted by id, so none is 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -26,9 +28,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from clipsearch.errors import ImageTooLarge, InvalidInput
 from clipsearch.models import Encoder
-from clipsearch.errors import ImageTooLarge
 from clipsearch.index import Document, VectorIndex
+from clipsearch.index.base import vector_problem
+from clipsearch.schema import display_text
 from clipsearch.schema import orientation
 from ingest.cache import EmbeddingCache, NoCache
 from ingest.decode import Decoded, DecodeLimits, decode_chunk, normalize_batch
@@ -40,10 +44,15 @@ class Item:
     """One image to ingest. `doc_id` None means content-addressed: the id is the sha256 of the
     file's bytes, and width/height/orientation/content_hash come from the file itself."""
 
-    key: str  # what reports name: a file path or a photo id
-    path: Path
+    key: str  # identifies the item to its source: a file path or a photo id
+    path: Path  # the file to read: a regular file (links resolved by the source)
     doc_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # what reports call it, when not `key` (printable, JSON-safe)
+
+    @property
+    def shown(self) -> str:
+        return self.label if self.label is not None else display_text(self.key)
 
 
 @dataclass
@@ -71,11 +80,35 @@ class _Entry:
     suspect: bool = False  # was in a chunk whose worker died
 
 
-def _reread(path: Path) -> bytes:
+class NotRegularFile(OSError):
+    """What was scanned as a file is something else now (a FIFO, a device, a directory)."""
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file at `path`, at most `max_bytes` (ImageTooLarge beyond).
+
+    Opened without following a final symbolic link (sources hand over resolved paths: a link
+    swapped in since the scan is refused, not followed) and without blocking (a FIFO swapped in
+    would otherwise hang the run), then checked to be a regular file before a byte is read. The
+    read stops at `max_bytes` + 1 whatever the size says: files such as /proc's report 0."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (FIFO, device, socket or directory)")
+        if st.st_size > max_bytes:
+            raise ImageTooLarge("bytes", st.st_size, max_bytes)
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge("bytes", len(data), max_bytes)
+    return data
+
+
+def _reread(path: Path, max_bytes: int) -> bytes:
     try:
-        return Path(path).read_bytes()
-    except OSError:
-        return b""  # gone since it was read: decoding reports it as empty
+        return read_regular_file(path, max_bytes)
+    except (OSError, ImageTooLarge):
+        return b""  # gone or changed since it was read: decoding reports it as empty
 
 
 class _InlineExecutor(Executor):
@@ -141,9 +174,10 @@ class Pipeline:
         self.on_save = on_save
         self.done: dict[str, str] = {}  # item key -> document id, for what has been written
         self._seen: set[str] = set()
-        self._ready: list[tuple[str, Document]] = []
+        self._ready: list[tuple[Item, Document]] = []
         self._batches_written = self._saved_at = 0
         self._model_ready = False
+        self._bad_cached = 0
         self.decode_fn = decode_chunk  # the decode stage's task (module-level: it runs in workers)
 
     # -- the runner ------------------------------------------------------------------------
@@ -159,6 +193,9 @@ class Pipeline:
         finally:
             self._executor_in_use.shutdown(wait=True, cancel_futures=True)
         self._timed("write", self._write)
+        if self._bad_cached:
+            self.summary.warnings.append(f"{self._bad_cached} vector(s) in the embedding cache were not unit vectors "
+                                         "(a damaged cache): those images were encoded again")
         return self.done
 
     def _loop(self, items, executor: Executor) -> None:
@@ -218,7 +255,7 @@ class Pipeline:
         pending = [entries for entries, _ in window]
         window.clear()
         if len(crashed) == 1 and crashed[0].suspect:
-            self.summary.fail(crashed[0].item.key, f"decode_failed: the decoder crashed on this file ({exc})")
+            self.summary.fail(crashed[0].item.shown, f"decode_failed: the decoder crashed on this file ({exc})")
             self._seen.discard(crashed[0].doc_id)
             self.progress.update("decode", 1)
         else:
@@ -227,7 +264,7 @@ class Pipeline:
             pending = [[entry] for entry in crashed] + pending
         for entries in pending:
             for entry in entries:
-                entry.data = _reread(entry.item.path)
+                entry.data = _reread(entry.item.path, self.opts.limits.max_bytes)
             window.append(self._submit(executor, entries))
         return executor
 
@@ -259,15 +296,12 @@ class Pipeline:
         item failed, is a duplicate, or its vector is already known (cache or index)."""
         self.progress.update("read")
         try:
-            size = os.stat(item.path).st_size
-            if size > self.opts.limits.max_bytes:
-                raise ImageTooLarge("bytes", size, self.opts.limits.max_bytes)
-            data = Path(item.path).read_bytes()
+            data = read_regular_file(item.path, self.opts.limits.max_bytes)
         except ImageTooLarge as exc:
-            self.summary.fail(item.key, f"{exc.code}: {exc}")
+            self.summary.fail(item.shown, f"{exc.code}: {exc}")
             return None
         except OSError as exc:
-            self.summary.fail(item.key, f"unreadable: {exc.strerror or exc}")
+            self.summary.fail(item.shown, f"unreadable: {exc.strerror or exc}")
             return None
         doc_id = item.doc_id or hashlib.sha256(data).hexdigest()
         if doc_id in self._seen:
@@ -279,14 +313,16 @@ class Pipeline:
         if known is not None:
             vector, extras = known
             self.summary.from_cache += 1
-            self._ready.append((item.key, Document(doc_id, vector, self._metadata(item, doc_id, extras))))
+            self._ready.append((item, Document(doc_id, vector, self._metadata(item, doc_id, extras))))
             return None
         return _Entry(item, doc_id, data)
 
     def _known_vector(self, doc_id: str) -> tuple[np.ndarray, dict] | None:
         cached = self.cache.get(doc_id)
         if cached is not None:
-            return cached
+            if vector_problem(cached[0], self.index.dim) is None:
+                return cached
+            self._bad_cached += 1  # a damaged (or hostile) cache entry: encode the image again
         if doc_id in self.indexed_ids:  # e.g. a moved file: same bytes, new path; reuse its vector
             doc = self.index.get(doc_id)
             extras = {k: doc.metadata[k] for k in ("width", "height") if k in doc.metadata}
@@ -298,7 +334,7 @@ class Pipeline:
         ok = []
         for entry, result in zip(entries, results):
             if result.error is not None:
-                self.summary.fail(entry.item.key, result.error)
+                self.summary.fail(entry.item.shown, result.error)
                 self._seen.discard(entry.doc_id)
             else:
                 entry.size = result.size
@@ -322,10 +358,18 @@ class Pipeline:
         self.summary.encoded += len(batch)
         self.progress.update("encode", len(batch))
         t0 = time.perf_counter()
-        extras = [{"width": e.size[0], "height": e.size[1]} for e, _ in batch]
-        self.cache.append([e.doc_id for e, _ in batch], vectors, extras)  # durable before the index
-        for (entry, _), vector, extra in zip(batch, vectors, extras):
-            self._ready.append((entry.item.key, Document(entry.doc_id, vector, self._metadata(entry.item, entry.doc_id, extra))))
+        good = []
+        for (entry, _), vector in zip(batch, vectors):
+            problem = vector_problem(vector, self.index.dim)
+            if problem is None:
+                good.append((entry, vector, {"width": entry.size[0], "height": entry.size[1]}))
+            else:  # a model that overflows on some input: that image is reported, the run goes on
+                self.summary.fail(entry.item.shown, f"invalid_vector: the encoder's {problem}")
+                self._seen.discard(entry.doc_id)
+        if good:  # durable before the index
+            self.cache.append([e.doc_id for e, _, _ in good], np.stack([v for _, v, _ in good]), [x for _, _, x in good])
+        for entry, vector, extra in good:
+            self._ready.append((entry.item, Document(entry.doc_id, vector, self._metadata(entry.item, entry.doc_id, extra))))
         self._write()
         self.summary.add_time("write", time.perf_counter() - t0)
         self._maybe_save()
@@ -345,12 +389,25 @@ class Pipeline:
         if not self._ready:
             return
         ready, self._ready = self._ready, []
-        self.summary.indexed += self.index.upsert([doc for _, doc in ready])
-        for key, doc in ready:
-            self.done[key] = doc.id
+        try:
+            self.summary.indexed += self.index.upsert([doc for _, doc in ready])
+        except InvalidInput:  # some document the index refuses: write the others, report that one
+            ready = self._write_one_by_one(ready)
+        for item, doc in ready:
+            self.done[item.key] = doc.id
             self.indexed_ids.add(doc.id)
         self.progress.update("index", len(ready))
         self._batches_written += 1
+
+    def _write_one_by_one(self, ready: list[tuple[Item, Document]]) -> list[tuple[Item, Document]]:
+        written = []
+        for item, doc in ready:
+            try:
+                self.summary.indexed += self.index.upsert([doc])
+                written.append((item, doc))
+            except InvalidInput as exc:
+                self.summary.fail(item.shown, f"invalid_document: {exc}")
+        return written
 
     def _maybe_save(self) -> None:
         if self._batches_written - self._saved_at >= max(1, self.opts.save_every):

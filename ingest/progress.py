@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipsearch.schema import display_text
+
 
 STAGES = ("download", "read", "decode", "encode", "write", "save")
 
@@ -56,9 +58,11 @@ class Summary:
     index_count: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # run-level problems worked around (a damaged cache)
 
     def fail(self, key: str, reason: str) -> None:
-        self.failed.append((key, reason))
+        # Printed and written as JSON: a file name that is not UTF-8 must not end the run here.
+        self.failed.append((display_text(key), display_text(reason)))
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
@@ -82,6 +86,7 @@ class Summary:
             "deleted": self.deleted, "index_count": self.index_count,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "slowest_stage": self.slowest_stage, "total_seconds": round(self.total_seconds, 3),
+            "warnings": list(self.warnings),
         }
 
     def render(self, max_failures: int = 20) -> str:
@@ -101,6 +106,7 @@ class Summary:
         if self.stage_seconds:
             times = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
             lines.append(f"  time        {self.total_seconds:.1f}s total; {times}; slowest: {self.slowest_stage}")
+        lines += [f"  WARNING {warning}" for warning in self.warnings]
         for key, reason in self.failed[:max_failures]:
             lines.append(f"  FAILED {key}: {reason}")
         if len(self.failed) > max_failures:

@@ -91,6 +91,8 @@ def ingest(env: dict[str, str]) -> None:
     else:
         say("Unsplash is unreachable: ingesting a generated sample folder instead (set DEMO_FOLDER for your photos)")
         cmd = [py, "-m", "ingest", "folder", str(sample_folder())]
+    if cmd[3] == "folder":  # results carry paths relative to it: the UI finds the photos there
+        env.setdefault("CLIPSEARCH_PHOTO_DIRS", str(Path(cmd[4]).expanduser().resolve()))
     say("ingest: " + " ".join(cmd[1:]))
     subprocess.run(cmd + ["--index", env["INDEX_PATH"]], env=env, cwd=REPO, check=True)
 

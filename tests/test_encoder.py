@@ -135,3 +135,12 @@ def test_load_encoder_from_settings(tiny_model_dir):
     assert enc.model_id == "org/name"
     with pytest.raises(ValueError, match="ENCODER"):
         load_encoder(Settings.from_env({"MODEL_PATH": str(tiny_model_dir), "ENCODER": "tensorflow"}))
+
+
+def test_extreme_aspect_ratio_images_encode_in_bounded_memory(tiny_model_dir):
+    """1x15000 and 15000x1 JPEGs (4 KB each) through the torch encoder: the peak RSS grows by
+    megabytes, not by the 3 GB a whole-image resize before the crop would take."""
+    from peak_memory import preprocess_peak_growth
+
+    growth = preprocess_peak_growth("torch", tiny_model_dir)
+    assert max(growth.values()) < 64 * 2**20, growth

@@ -370,3 +370,13 @@ def test_modelgen_command_line(tmp_path, capsys):
     assert out.returncode == 0, out.stderr
     assert read_card(tmp_path / "s2").family == "siglip2" and family_of(str(tmp_path / "s2")).name == "siglip2"
     assert {p.family.name for p in PRESETS.values()} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnx"])
+def test_siglip_plain_resize_of_extreme_images_is_bounded(stand_in, stand_in_onnx, kind):
+    """SigLIP resizes the whole image (no crop): 1x15000 and 15000x1 JPEGs to 224 x 224 must
+    still take megabytes (PIL's two passes hold at most 224 x 15000), not gigabytes."""
+    from peak_memory import preprocess_peak_growth
+
+    growth = preprocess_peak_growth(kind, stand_in("siglip2") if kind == "torch" else stand_in_onnx("siglip2"))
+    assert max(growth.values()) < 64 * 2**20, growth

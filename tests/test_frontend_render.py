@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -152,3 +153,22 @@ def test_unreachable_image_host_gives_a_placeholder():
 def test_placeholder_is_a_card_sized_image():
     img = placeholder()
     assert img.size == (400, 300) and img.mode == "RGB"
+
+
+def test_relative_paths_are_looked_up_under_the_photo_dirs_and_never_above(tmp_path, monkeypatch):
+    from frontend.thumbs import local_file
+
+    photos, other = tmp_path / "photos", tmp_path / "other"
+    (photos / "sub").mkdir(parents=True)
+    other.mkdir()
+    (photos / "sub" / "a.jpg").write_bytes(make_image(1))
+    (tmp_path / "secret.jpg").write_bytes(make_image(2))
+    os.symlink(tmp_path / "secret.jpg", photos / "out.jpg")
+    dirs = [str(other), str(photos)]
+    assert local_file("sub/a.jpg", dirs) == str(photos / "sub" / "a.jpg")
+    for escape in ("../secret.jpg", "sub/../../secret.jpg", "out.jpg", "nope.jpg"):
+        assert local_file(escape, dirs) is None, escape
+    assert local_file(str(tmp_path / "secret.jpg"), dirs) == str(tmp_path / "secret.jpg")  # an older index's
+    monkeypatch.setenv("CLIPSEARCH_PHOTO_DIRS", os.pathsep.join(dirs))
+    assert local_file("sub/a.jpg") == str(photos / "sub" / "a.jpg")
+    assert thumb_for({"id": "1", "path": "sub/a.jpg"}, requests.Session()).image is not None

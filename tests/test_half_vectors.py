@@ -123,10 +123,15 @@ def test_hnsw_index_loads_half_with_and_without_its_saved_graph(tmp_path):
     assert recall >= 0.95
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksummed", "saved-before-checksums"])
 @pytest.mark.parametrize("damage", ["truncate", "shape", "dtype"])
-def test_damaged_vectors_file_is_reported_not_misread(tmp_path, damage):
+def test_damaged_vectors_file_is_reported_not_misread(tmp_path, damage, checksums):
     vecs = near_duplicates(100, seed=6)
     build(tmp_path / "idx", vecs)
+    if not checksums:
+        manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+        del manifest["files"]
+        (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
     file = next((tmp_path / "idx").glob("gen-*/vectors.npy"))
     if damage == "truncate":
         file.write_bytes(file.read_bytes()[:-100])
@@ -134,7 +139,7 @@ def test_damaged_vectors_file_is_reported_not_misread(tmp_path, damage):
         np.save(file, vecs[:, :16])
     else:
         np.save(file, vecs.astype(np.float64))
-    with pytest.raises(IndexMissing, match="inconsistent"):
+    with pytest.raises(IndexMissing, match="vectors.npy is damaged" if checksums else "inconsistent"):
         FaissIndex.load(tmp_path / "idx", half=True)
 
 

@@ -57,7 +57,7 @@ def test_folder_documents_and_vectors(tiny_model_env, photos, tmp_path, tiny_enc
     for path in files[:4]:
         doc = index.get(sha(path))
         img = decode_image(path.read_bytes())
-        assert doc.metadata == {"source": "folder", "path": str(path.resolve()), "width": img.width,
+        assert doc.metadata == {"source": "folder", "path": str(path.relative_to(photos)), "width": img.width,
                                 "height": img.height, "orientation": "landscape", "content_hash": sha(path)}
         # The pipeline's workers + batch normalisation give exactly the query path's vector.
         np.testing.assert_allclose(doc.vector, tiny_encoder.encode_images([img])[0], atol=1e-5)
@@ -117,7 +117,7 @@ def test_incremental_changes_deletes_moves(tiny_model_env, photos, tmp_path):
     assert index.count() == 12 - 1 + 1
     ids = set(index.ids())
     assert old_changed not in ids and old_deleted not in ids and sha(changed) in ids
-    assert index.get(moved_id).metadata["path"] == str(moved_to.resolve())
+    assert index.get(moved_id).metadata["path"] == "sub/renamed.jpg"
 
     third = run(photos, tmp_path)  # nothing changed: nothing read, encoded or written
     assert (third.encoded, third.from_cache, third.indexed, third.deleted) == (0, 0, 0, 0)
@@ -193,3 +193,123 @@ def test_kill_then_resume(tiny_model_env, tmp_path):
     assert len(ids) == len(set(ids)) == 30
     assert set(ids) == {sha(p) for p in folder.iterdir()}
     assert len({index.get(i).metadata["path"] for i in ids}) == 30
+
+
+def _cache_log(tmp_path: Path) -> Path:
+    (log,) = (tmp_path / "cache").glob("*/embeddings.log")
+    return log
+
+
+@pytest.mark.parametrize("damage, encoded", [("flip", 4), ("cut", 4), ("insert", 0)])
+def test_a_damaged_cache_record_costs_only_its_own_images(tiny_model_env, photos, tmp_path, damage, encoded):
+    """Three records of four images; the middle one damaged (a flipped byte, 20 bytes lost) costs
+    its four images a new encode, and stray bytes between records cost nothing."""
+    from ingest.cache import _HEAD
+
+    run(photos, tmp_path)  # batches of 4: three records
+    log = _cache_log(tmp_path)
+    data = log.read_bytes()
+    _, head_len, count, _ = _HEAD.unpack_from(data, 0)
+    second = _HEAD.size + head_len + count * 4 * 16  # the tiny model is 16-d
+    damaged = {"flip": data[: second + 40] + bytes([data[second + 40] ^ 0xFF]) + data[second + 41 :],
+               "cut": data[: second + 40] + data[second + 60 :],
+               "insert": data[:second] + b"\x00garbage\xff" * 7 + data[second:]}[damage]
+    log.write_bytes(damaged)
+    shutil.rmtree(tmp_path / "idx")
+
+    again = run(photos, tmp_path)
+    assert (again.encoded, again.from_cache, again.indexed) == (encoded, 12 - encoded, 12)
+    assert any("skipped 1 damaged record" in w for w in again.warnings) and "WARNING" in again.render()
+    assert FaissIndex.load(tmp_path / "idx").count() == 12
+
+
+def test_a_damaged_cache_model_file_is_an_ingest_error(tiny_model_env, photos, tmp_path, capsys):
+    run(photos, tmp_path)
+    (model_file,) = (tmp_path / "cache").glob("*/model.json")
+    model_file.write_bytes(b'{"model_id": "clipsearch/tiny-te')
+    argv = ["folder", str(photos), "--index", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ingest: error: embedding cache") and "model.json" in err and "Traceback" not in err
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_concurrent_ingests_into_one_index_exclude_each_other(tiny_model_env, tmp_path):
+    """Two real `python -m ingest` runs into one index: the second exits at once naming the
+    first's pid (it would otherwise overwrite the first's documents with its own at each save),
+    or with --wait waits for it; in the end the index has both folders' documents."""
+    folders = {}
+    for name, seed in (("one", 3000), ("two", 4000)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i in range(8):
+            (folders[name] / f"{name}{i}.jpg").write_bytes(make_image(seed + i, size=(96, 64)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cmd(folder, *extra):
+        return [sys.executable, "-m", "ingest", "folder", str(folder), "--index", str(tmp_path / "idx"),
+                "--cache-dir", str(tmp_path / "cache"), "--quiet", "--batch-size", "2", "--json", *extra]
+
+    first = subprocess.Popen(cmd(folders["one"], "--batch-delay", "0.4"), cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "idx" / "ingest.lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()
+        busy = subprocess.run(cmd(folders["two"]), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None  # it really overlapped the first run
+        assert busy.returncode == 1
+        assert busy.stderr.startswith(f"ingest: error: another ingest (pid {first.pid}) is writing ")
+        assert "--wait" in busy.stderr and "Traceback" not in busy.stderr
+        waited = subprocess.run(cmd(folders["two"], "--wait"), cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=180)
+        assert waited.returncode == 0, waited.stderr
+        assert f"another ingest (pid {first.pid})" in waited.stderr and "waiting" in waited.stderr
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert json.loads(out.splitlines()[-1])["indexed"] == 8
+    assert json.loads(waited.stdout.splitlines()[-1])["index_count"] == 16
+    ids = FaissIndex.load(tmp_path / "idx").ids()
+    assert sorted(ids) == sorted(sha(p) for f in folders.values() for p in f.iterdir())
+
+
+def test_vectors_that_are_not_unit_length_are_skipped_and_reported(tiny_model_dir, monkeypatch, photos, tmp_path):
+    """A checkpoint whose image projection holds NaN (a broken or overflowing model): every
+    image is reported as invalid_vector, nothing reaches the index or the cache, the run ends."""
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["visual_projection.weight"][:] = np.nan
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setenv("MODEL_PATH", str(broken))
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    summary = run(photos, tmp_path)
+    assert (summary.encoded, summary.indexed, len(summary.failed)) == (12, 0, 12)
+    assert all(r == "invalid_vector: the encoder's vector contains NaN or infinity" for _, r in summary.failed)
+    assert FaissIndex.load(tmp_path / "idx").count() == 0
+    assert _cache_log(tmp_path).stat().st_size == 0
+
+
+def test_a_cached_vector_that_is_not_unit_length_is_encoded_again(tiny_model_env, photos, tmp_path):
+    from ingest.cache import EmbeddingCache
+
+    run(photos, tmp_path)
+    files = sorted(p for p in photos.rglob("*") if p.is_file())
+    with EmbeddingCache.open(tmp_path / "cache", model_id="clipsearch/tiny-test", dim=16) as cache:
+        bad = np.stack([np.full(16, np.nan), np.full(16, 3.0)]).astype(np.float32)  # checksummed, but not unit
+        cache.append([sha(files[0]), sha(files[5])], bad, [{}, {}])
+    shutil.rmtree(tmp_path / "idx")
+    again = run(photos, tmp_path)
+    assert (again.encoded, again.from_cache, again.indexed, len(again.failed)) == (2, 10, 12, 0)
+    assert any("2 vector(s) in the embedding cache were not unit vectors" in w for w in again.warnings)
+    index = FaissIndex.load(tmp_path / "idx")
+    for f in (files[0], files[5]):
+        assert abs(np.linalg.norm(index.get(sha(f)).vector) - 1) < 1e-5

@@ -645,3 +645,11 @@ def test_handler_runs_under_the_emulator_on_the_image_python_with_only_the_onnx_
     assert any(m.startswith(str(site)) and "onnxruntime" in m for m in loaded)
     venv = (sys.prefix, os.path.realpath(sys.prefix))  # this test's own packages
     assert not [m for m in loaded if "site-packages" in m or m.startswith(venv)], loaded
+
+
+def test_extreme_aspect_ratio_images_encode_in_bounded_memory(onnx_dir):
+    """The ONNX image path preprocesses 1x15000 and 15000x1 images in bounded memory too."""
+    from peak_memory import preprocess_peak_growth
+
+    growth = preprocess_peak_growth("onnx", onnx_dir)
+    assert max(growth.values()) < 64 * 2**20, growth

@@ -131,8 +131,12 @@ def search_api(tmp_path_factory, tiny_model_dir) -> Iterator[str]:
             mp.setenv(name, value)
         assert ingest(["folder", str(root / "photos"), "--no-cache", "--decode-workers", "0", "--threads", "1",
                        "--quiet"]) == 0
-    with LocalStack(env=env, log=root / "stack.log", startup_timeout_s=60) as stack:
+    with LocalStack(env=env, log=root / "stack.log", startup_timeout_s=60) as stack, \
+            pytest.MonkeyPatch.context() as mp:
         assert stack.ready_status == 200, (root / "stack.log").read_text(errors="replace")[-3000:]
+        # Results carry paths relative to the ingested folder: the page finds the files there, as
+        # `make demo` sets it up.
+        mp.setenv("CLIPSEARCH_PHOTO_DIRS", str(root / "photos"))
         yield stack.search_url
 
 

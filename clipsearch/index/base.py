@@ -8,6 +8,11 @@ from typing import Any, ContextManager, Iterable, Protocol, Sequence, runtime_ch
 import numpy as np
 
 from clipsearch.errors import InvalidInput, ModelMismatch
+from clipsearch.schema import has_surrogates
+
+# Stored vectors are L2-normalised float32: their norms are 1 to within ~1e-6 even at 4096
+# dimensions. A row further off than this was not written by an encoder (damage, a bad cache).
+UNIT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,27 @@ def as_query_vector(vector, dim: int) -> np.ndarray:
     return q / norm
 
 
+def vector_problem(vector, dim: int) -> str | None:
+    """Why `vector` cannot be a stored document's vector (wrong size, NaN or infinity, not unit
+    length), or None. Ingest checks each item with this before writing it."""
+    row = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if row.shape[0] != dim:
+        return f"vector has {row.shape[0]} dimensions, the index has {dim}"
+    if not np.all(np.isfinite(row)):
+        return "vector contains NaN or infinity"
+    norm = float(np.linalg.norm(row))
+    if abs(norm - 1.0) > UNIT_TOLERANCE:
+        return f"vector is not unit length (norm {norm:.6g})"
+    return None
+
+
 def checked_vectors(docs: Sequence[Document], dim: int) -> np.ndarray:
     """Validate documents for writing (ids, metadata, vectors); their L2-normalised (N, dim) vectors."""
     for d in docs:
         if not isinstance(d.id, str) or not d.id or len(d.id) > 512:
             raise InvalidInput(f"document id must be a non-empty string of at most 512 characters, got {d.id!r}")
+        if has_surrogates(d.id):  # not UTF-8: no JSON answer or OpenSearch request could carry it
+            raise InvalidInput(f"document id {d.id!r} is not valid Unicode (it holds a lone surrogate)")
         if not isinstance(d.metadata, dict):
             raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
     rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]
@@ -94,12 +115,11 @@ def checked_vectors(docs: Sequence[Document], dim: int) -> np.ndarray:
         if row.shape[0] != dim:
             raise InvalidInput(f"document {d.id!r}: vector has {row.shape[0]} dimensions, the index has {dim}")
     vectors = np.stack(rows)
-    if not np.all(np.isfinite(vectors)):
-        raise InvalidInput("vectors contain NaN or infinity")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise InvalidInput("a vector is all zeros")
-    return vectors / norms
+    for bad, problem in ((~np.isfinite(vectors).all(axis=1), "contains NaN or infinity"),
+                         (~vectors.any(axis=1), "is all zeros")):
+        if bad.any():
+            raise InvalidInput(f"document {docs[int(np.argmax(bad))].id!r}: vector {problem}")
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def check_k(k) -> int:

@@ -2,7 +2,8 @@
 
 Layout of an index directory:
 
-    manifest.json         model id, dimension, count, index type, the live generation
+    manifest.json         model id, dimension, count, index type, the live generation and
+                          the size and sha256 of each of its files (checked at load: faiss_files)
     gen-000007/           one generation of data, written whole before the manifest names it
         vectors.npy       float32 (count, dim), L2-normalised
         ids.json          document ids, row order
@@ -34,11 +35,19 @@ import numpy as np
 
 from clipsearch.errors import IndexMissing, InvalidInput, NotFound
 from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
+from clipsearch.index.faiss_files import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Generation,
+    check_unit_rows,
+    file_entry,
+    parse_ids,
+    parse_metadata,
+    read_manifest,
+)
 from clipsearch.index.filters import filter_mask, parse_filters
 from clipsearch.index.half import HalfVectors
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from clipsearch.schema import json_safe
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -59,6 +68,17 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _storable(doc: Document) -> dict:
+    """The metadata as it will be saved: JSON (no NaN, no objects JSON lacks), every string
+    encodable as UTF-8 (json_safe); refused here rather than at the save that would fail."""
+    meta = json_safe(doc.metadata)
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"document {doc.id!r}: metadata is not JSON ({exc})") from None
+    return meta
 
 
 class FaissIndex:
@@ -99,50 +119,45 @@ class FaissIndex:
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, half: bool = False, **opts) -> "FaissIndex":
-        """The saved index at `path`; with `half`, read-only and its vectors held as float16."""
+        """The saved index at `path`; with `half`, read-only and its vectors held as float16.
+        Every file is checked (faiss_files) before it is used: IndexCorrupt names the one that
+        fails."""
         path = Path(path)
-        manifest_file = path / MANIFEST
-        if not manifest_file.is_file():
-            raise IndexMissing(
-                f"no embedded index at {path} (no {MANIFEST}): create it with "
-                f"`python -m ingest unsplash --index {path}` or `python -m ingest folder PHOTOS --index {path}`"
-            )
-        manifest = json.loads(manifest_file.read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise IndexMissing(f"index at {path} has format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
-        hnsw = manifest.get("hnsw", {})
+        manifest = read_manifest(path)
         for key, name in (("m", "hnsw_m"), ("ef_construction", "ef_construction"), ("ef_search", "ef_search")):
-            if key in hnsw:
-                opts.setdefault(name, hnsw[key])
+            if key in manifest.get("hnsw", {}):
+                opts.setdefault(name, manifest["hnsw"][key])
         self = cls(path, model_id=manifest["model_id"], dim=manifest["dim"], **opts)
-        gen_dir = path / manifest["generation"]
-        ids = json.loads((gen_dir / "ids.json").read_text())
-        with open(gen_dir / "metadata.jsonl", encoding="utf-8") as fh:
-            meta = [json.loads(line) for line in fh]
+        gen = Generation(path / manifest["generation"], manifest.get("files"))
+        count = manifest["count"]
+        ids = parse_ids(gen.read("ids.json"), count, gen.dir / "ids.json")
+        meta = parse_metadata(gen.read("metadata.jsonl"), count, gen.dir / "metadata.jsonl")
+        vectors_file = gen.verify("vectors.npy")
         inconsistent = f"index at {path} is inconsistent: {manifest['generation']} does not match its manifest"
         if half:
             try:
-                self._half = HalfVectors(gen_dir / "vectors.npy", manifest["count"], self.dim)
+                self._half = HalfVectors(vectors_file, count, self.dim)
             except ValueError as exc:
                 raise IndexMissing(f"{inconsistent} ({exc})") from None
         else:
-            vectors = np.load(gen_dir / "vectors.npy")
-            if len(vectors) != manifest["count"] or vectors.shape[1:] != (self.dim,):
-                raise IndexMissing(inconsistent)
-            self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not len(ids) == len(meta) == manifest["count"]:
-            raise IndexMissing(inconsistent)
-        self._n = len(ids)
+            try:
+                vectors = np.load(vectors_file, allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise IndexCorrupt(vectors_file, f"not a NumPy array file ({exc})") from None
+            if vectors.shape != (count, self.dim) or vectors.dtype != np.float32:
+                raise IndexMissing(f"{inconsistent} (vectors.npy holds {vectors.dtype} {vectors.shape})")
+            check_unit_rows(vectors, 0, vectors_file)
+            self._vectors = np.ascontiguousarray(vectors)
+        self._n = count
         self._ids, self._meta = ids, meta
         self._row = {doc_id: i for i, doc_id in enumerate(ids)}
         self._generation = int(manifest["generation"].split("-")[1])
-        graph = gen_dir / "hnsw.faiss"
-        if graph.is_file() and self._n >= self.hnsw_threshold:
+        if gen.has("hnsw.faiss") and self._n >= self.hnsw_threshold:
             import faiss
 
-            self._hnsw = faiss.read_index(str(graph))
-            if self._hnsw.ntotal != self._n:
-                self._hnsw = None
+            self._hnsw = faiss.read_index(str(gen.verify("hnsw.faiss")))
+            if self._hnsw.ntotal != self._n or self._hnsw.d != self.dim:
+                self._hnsw = None  # stale: rebuilt from the vectors when first needed
         return self
 
     @classmethod
@@ -166,17 +181,18 @@ class FaissIndex:
         if not docs:
             return 0
         vectors = checked_vectors(docs, self.dim)
+        metas = [_storable(doc) for doc in docs]
         with self._lock:
             self._columns.clear()
-            for doc, vec in zip(docs, vectors):
+            for doc, vec, meta in zip(docs, vectors, metas):
                 row = self._row.get(doc.id)
                 if row is None:
                     row = self._append_row()
                     self._ids.append(doc.id)
-                    self._meta.append(dict(doc.metadata))
+                    self._meta.append(meta)
                     self._row[doc.id] = row
                 else:
-                    self._meta[row] = dict(doc.metadata)
+                    self._meta[row] = meta
                     self._invalidate_graph_from(row)
                 self._vectors[row] = vec
         return len(docs)
@@ -243,6 +259,7 @@ class FaissIndex:
                 import faiss
 
                 faiss.write_index(graph, str(tmp_dir / "hnsw.faiss"))
+            files = {f.name: file_entry(f) for f in sorted(tmp_dir.iterdir())}
             os.replace(tmp_dir, self.path / gen_name)
             _fsync_dir(self.path)
             manifest = {
@@ -255,6 +272,7 @@ class FaissIndex:
                 "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
                          "threshold": self.hnsw_threshold},
                 "generation": gen_name,
+                "files": files,
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())

@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from clipsearch.index.faiss_files import check_unit_rows
+
 EPS = 2.0**-11 + 1e-4
 CHUNK_ROWS = 1024
 
@@ -49,8 +51,9 @@ class HalfVectors:
                 if size else np.zeros((0, self.dim), dtype=np.float16)
             self.max_norm = 0.0
             for start, chunk in zip(range(0, self.count, CHUNK_ROWS), self.chunks()):
+                norms = check_unit_rows(chunk, start, self.file)
                 codes[start : start + len(chunk)] = chunk
-                self.max_norm = max(self.max_norm, float(np.sqrt(np.einsum("ij,ij->i", chunk, chunk).max())))
+                self.max_norm = max(self.max_norm, float(norms.max()))
             self._index.ntotal = self.count
         except BaseException:
             self._fh.close()

@@ -14,6 +14,7 @@ then rescale to [0, 1] and normalise by the checkpoint's mean and std.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,21 +66,87 @@ class PreprocessConfig:
         )
 
 
-def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """Resize the short side to `shortest_edge`, then centre-crop; returns an RGB image."""
-    width, height = img.size
+def resized_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
+    """(width, height) after scaling the short side to `shortest_edge`, the long side truncated:
+    `new_long = int(shortest_edge * long / short)`, as transformers' get_resize_output_image_size
+    (huggingface/transformers, src/transformers/image_transforms.py, default_to_square=False)."""
     short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = cfg.shortest_edge, int(cfg.shortest_edge * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), resample=cfg.resample, reducing_gap=None)
-    top, left = (new_h - cfg.crop_height) // 2, (new_w - cfg.crop_width) // 2
-    if top < 0 or left < 0:  # tiny image: pad like HF does (zeros around), then crop
-        canvas = Image.new("RGB", (max(new_w, cfg.crop_width), max(new_h, cfg.crop_height)))
-        canvas.paste(img, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
-        img, new_w, new_h = canvas, canvas.width, canvas.height
-        top, left = (new_h - cfg.crop_height) // 2, (new_w - cfg.crop_width) // 2
-    return img.crop((left, top, left + cfg.crop_width, top + cfg.crop_height))
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+# Resizing the whole image first, as transformers does, costs new_w * new_h pixels (4 bytes each
+# in PIL's RGB) plus a one-axis intermediate of new_w * height or width * new_h: for a 1x15000
+# image (4 KB as a JPEG) that is 224 x 3,360,000, about 3 GB. Up to this many pixels the whole
+# image is resized exactly as transformers does (identical pixels for every ordinary photo,
+# whatever order Pillow picks for its two passes); beyond it only the crop's source region is
+# resampled. 4M pixels is 16 MB, beside the up to 160 MB of a decoded 40-megapixel image.
+FULL_RESIZE_MAX_PIXELS = 4_000_000
+# The widest resampling filter PIL has (LANCZOS) reaches 3 source pixels per unit of scale.
+_FILTER_REACH = 3
+
+
+def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Resize the short side to `shortest_edge`, then centre-crop; returns an RGB image.
+
+    transformers' PIL backend crops from `(resized - crop) // 2` and, where the resized image is
+    smaller than the crop, pads with zeros placing it at `ceil((crop - resized) / 2)`
+    (huggingface/transformers, src/transformers/image_transforms.py, center_crop); both done here.
+    (Its torchvision backend, the default CLIPImageProcessor since transformers 5, resamples with
+    torch's antialiased bicubic and pads at `(crop - resized) // 2`:
+    src/transformers/image_processing_backends.py, TorchvisionBackend.resize / center_crop. Pixels
+    differ from PIL's slightly; the padding only for checkpoints whose shortest edge is below the crop.)"""
+    width, height = img.size
+    new_w, new_h = resized_size(width, height, cfg.shortest_edge)
+    if max(new_w * new_h, new_w * height, width * new_h) <= FULL_RESIZE_MAX_PIXELS:
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), resample=cfg.resample, reducing_gap=None)
+        return _centre_crop(img, cfg)
+    return _crop_then_resize(img, new_w, new_h, cfg)
+
+
+def _crop_offset(size: int, crop: int) -> tuple[int, int]:
+    """Where a centre crop starts in an axis of `size`, and where that axis lands in the crop."""
+    return ((size - crop) // 2, 0) if size >= crop else (0, (crop - size + 1) // 2)
+
+
+def _centre_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    (left, pad_x), (top, pad_y) = _crop_offset(img.width, cfg.crop_width), _crop_offset(img.height, cfg.crop_height)
+    region = img.crop((left, top, left + min(img.width, cfg.crop_width), top + min(img.height, cfg.crop_height)))
+    return _padded(region, pad_x, pad_y, cfg)
+
+
+def _padded(region: Image.Image, pad_x: int, pad_y: int, cfg: PreprocessConfig) -> Image.Image:
+    if region.size == (cfg.crop_width, cfg.crop_height):
+        return region
+    canvas = Image.new("RGB", (cfg.crop_width, cfg.crop_height))  # zeros, as transformers pads
+    canvas.paste(region, (pad_x, pad_y))
+    return canvas
+
+
+def _source_span(size: int, resized: int, crop: int) -> tuple[float, float, int, int, int, int]:
+    """One axis of resize-then-crop in source coordinates: the interval [lo, hi) that becomes the
+    output, its output length and placement, and the integer region [first, last) that holds
+    every source pixel the filter reads for it."""
+    start, pad = _crop_offset(resized, crop)
+    out = min(resized, crop)
+    scale = size / resized
+    lo, hi = start * scale, min(float(size), (start + out) * scale)
+    reach = math.ceil(_FILTER_REACH * max(scale, 1.0)) + 1
+    return lo, hi, out, pad, max(0, math.floor(lo) - reach), min(size, math.ceil(hi) + reach)
+
+
+def _crop_then_resize(img: Image.Image, new_w: int, new_h: int, cfg: PreprocessConfig) -> Image.Image:
+    """What resizing to (new_w, new_h) and centre-cropping gives, computed from the source region
+    the crop needs: PIL maps output pixel j of a `box` resize to source `lo + (j + 0.5) * (hi -
+    lo) / out`, the same position as in the whole resize, with the same filter width; the region
+    keeps every pixel the filter reaches and ends where the image ends, so edge clamping is the
+    same too. Memory is that of the region and the crop, whatever the aspect ratio."""
+    x_lo, x_hi, out_w, pad_x, x_first, x_last = _source_span(img.width, new_w, cfg.crop_width)
+    y_lo, y_hi, out_h, pad_y, y_first, y_last = _source_span(img.height, new_h, cfg.crop_height)
+    region = img.crop((x_first, y_first, x_last, y_last))
+    box = (x_lo - x_first, y_lo - y_first, x_hi - x_first, y_hi - y_first)
+    return _padded(region.resize((out_w, out_h), resample=cfg.resample, box=box, reducing_gap=None), pad_x, pad_y, cfg)
 
 
 def resize_plain(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:

@@ -4,6 +4,16 @@ Document ids are the sha256 of the file bytes, so a renamed or moved file keeps 
 vector. A state file remembers, per path, the size, mtime and id last indexed: a path whose
 size and mtime are unchanged (and whose id the index still has) is not even read again; a path
 that disappeared has its document deleted, unless another file still has the same bytes.
+
+What leaves this machine is the path relative to the folder (metadata `path`): the absolute
+location on the ingest host is kept only in the state file, never in the index or the API. File
+names that are not UTF-8 are kept exactly in the state (os.fsdecode's surrogate escapes, which
+JSON's \\u escapes carry), and shown as `\\xNN` in metadata and reports.
+
+Only regular files are read. A symbolic link is followed only where it stays inside the folder,
+unless `follow_links` (--follow-links) allows links anywhere, directories included (each
+directory walked once, so link loops end). Devices, FIFOs, sockets and anything under /proc,
+/sys or /dev are never opened, wherever a link points.
 """
 
 from __future__ import annotations
@@ -11,13 +21,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from clipsearch.errors import IngestError
 from clipsearch.images import IMAGE_EXTENSIONS
+from clipsearch.schema import display_text
 from ingest.pipeline import Item
+
+STATE_VERSION = 2  # 2: metadata paths are relative to the folder (1 stored absolute ones)
+# Kernel pseudo-filesystems and device nodes: a "regular file" there (/proc/self/environ) is not
+# a photo, and reading it can leak secrets or never end.
+FORBIDDEN_ROOTS = tuple(Path(p) for p in ("/proc", "/sys", "/dev"))
 
 
 @dataclass(frozen=True)
@@ -27,47 +45,104 @@ class Seen:
     id: str
 
 
-def scan(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
-    """Image files under `root` (by extension, any case), sorted, not following symlinked dirs."""
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
+@dataclass(frozen=True)
+class Found:
+    key: str  # the file's path under the folder, absolute, exactly as the OS names it (state key)
+    relative: str  # the path relative to the folder, for metadata and reports (JSON-safe)
+    target: Path  # what is read: the file itself, or where its link points
+    stat: os.stat_result  # of the target
+
+
+def _inside(path: str | Path, root: Path) -> bool:
+    return Path(path) == root or root in Path(path).parents
+
+
+def _forbidden(path: str) -> bool:
+    return any(_inside(path, r) for r in FORBIDDEN_ROOTS)
+
+
+def _check(path: str, root: Path, follow_links: bool) -> tuple[Path | None, os.stat_result | None, str | None]:
+    """(target, its stat, None) for a file to ingest, or (None, None, why it is skipped)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, None, "vanished during the scan"
+    target = path
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:  # dangling, or a loop of links (ELOOP)
+            return None, None, "broken or looping link"
+        target = os.path.realpath(path)
+        if not follow_links and not _inside(target, root):
+            return None, None, "link out of the folder (--follow-links follows it)"
+    if _forbidden(target):
+        return None, None, "device or kernel file"
+    if not stat.S_ISREG(st.st_mode):
+        return None, None, "not a regular file (FIFO, device, socket or directory)"
+    return Path(target), st, None
+
+
+def scan(root: Path, skipped: Counter, follow_links: bool = False) -> Iterator[Found]:
+    """Image files under `root` (by extension, any case), sorted; what is passed over is counted
+    in `skipped` by reason."""
+    walked: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_links):
+        if follow_links:  # a linked directory may lead back up, or out to somewhere forbidden
+            try:
+                st = os.stat(dirpath)
+            except OSError:
+                dirnames[:] = []
+                continue
+            real = os.path.realpath(dirpath)
+            if (st.st_dev, st.st_ino) in walked or _forbidden(real):
+                dirnames[:] = []
+                continue
+            walked.add((st.st_dev, st.st_ino))
         dirnames.sort()
         for name in sorted(filenames):
-            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
-            path = Path(dirpath) / name
-            try:
-                st = path.stat()
-            except OSError:  # vanished or a dangling link: nothing to index
+            path = os.path.join(dirpath, name)
+            target, st, why = _check(path, root, follow_links)
+            if why is not None:
+                skipped[why] += 1
                 continue
-            if path.is_file():
-                yield path.resolve(), st
+            yield Found(path, display_text(os.path.relpath(path, root)), target, st)
 
 
 class FolderState:
-    """path -> Seen for one folder and one index, saved atomically after each index save."""
+    """path -> Seen for one folder and one index, saved atomically after each index save.
+    `current` is False for a state written before metadata paths were relative: nothing counts
+    as unchanged then, so every file's document is written again (its vector from the cache or
+    the index, not encoded) with the relative path."""
 
     def __init__(self, file: Path, root: Path):
         self.file, self.root = file, root
         self.files: dict[str, Seen] = {}
+        self.current = True
 
     @classmethod
     def for_index(cls, state_dir: Path, root: Path, index_location: str) -> "FolderState":
-        key = hashlib.sha256(f"{index_location}\n{root}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(os.fsencode(f"{index_location}\n{root}")).hexdigest()[:16]
         self = cls(Path(state_dir) / f"folder-{key}.json", root)
         if self.file.is_file():
             try:
-                raw = json.loads(self.file.read_text())
+                raw = json.loads(self.file.read_bytes())
                 self.files = {p: Seen(*v) for p, v in raw.get("files", {}).items()}
-            except (ValueError, TypeError):
+                self.current = raw.get("version") == STATE_VERSION
+            except (ValueError, TypeError, AttributeError):
                 self.files = {}  # unreadable state: everything is looked at again, nothing lost
         return self
 
     def save(self, files: dict[str, Seen]) -> None:
-        self.files = dict(files)
+        self.files, self.current = dict(files), True
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        body = {"root": str(self.root), "files": {p: [s.size, s.mtime_ns, s.id] for p, s in sorted(files.items())}}
-        with open(tmp, "w") as fh:
+        # json's default ASCII escapes carry a name's surrogate escapes exactly (not UTF-8 safe).
+        body = {"version": STATE_VERSION, "root": str(self.root),
+                "files": {p: [s.size, s.mtime_ns, s.id] for p, s in sorted(files.items())}}
+        with open(tmp, "w", encoding="ascii") as fh:
             json.dump(body, fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -81,16 +156,19 @@ class FolderPlan:
     stats: dict[str, os.stat_result]  # path -> stat at scan time, for every file found
 
 
-def plan(root: Path, state: FolderState, indexed_ids: set[str]) -> FolderPlan:
+def plan(root: Path, state: FolderState, indexed_ids: set[str], skipped: Counter,
+         follow_links: bool = False) -> FolderPlan:
     items, unchanged, stats = [], {}, {}
-    for path, st in scan(root):
-        key = str(path)
-        stats[key] = st
-        prev = state.files.get(key)
-        if prev and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns and prev.id in indexed_ids:
-            unchanged[key] = prev
+    for found in scan(root, skipped, follow_links):
+        st = found.stat
+        stats[found.key] = st
+        prev = state.files.get(found.key)
+        if (state.current and prev and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns
+                and prev.id in indexed_ids):
+            unchanged[found.key] = prev
         else:
-            items.append(Item(key, path, None, {"source": "folder", "path": key}))
+            items.append(Item(found.key, found.target, None, {"source": "folder", "path": found.relative},
+                              label=found.relative))
     return FolderPlan(items, unchanged, stats)
 
 
