@@ -9,7 +9,7 @@
 #
 #   docker build --platform linux/amd64 --provenance=false -t clipsearch:TAG .
 #       --build-arg ENCODER=onnx                            # or torch; deploy with Encoder= the same
-#       --build-arg MODEL_ID=openai/clip-vit-base-patch32   # the model the index was built with
+#       --build-arg MODEL_ID=laion/CLIP-ViT-B-32-laion2B-s34B-b79K   # the model the index was built with
 #       --build-arg ONNX_TEXT_INT8=true                     # onnx only: int8 text tower (faster, approximate)
 #       --build-arg INDEX_DIR=data/index                    # optional: bake this index in (.dockerignore
 #                                                           # admits data/index only)
@@ -25,7 +25,7 @@
 # No credentials anywhere: nothing secret is a build argument or ENV. At run time the function
 # reads the index from S3 (INDEX_S3_URI) or OpenSearch with its execution role.
 ARG ENCODER=onnx
-ARG MODEL_ID=openai/clip-vit-base-patch32
+ARG MODEL_ID=laion/CLIP-ViT-B-32-laion2B-s34B-b79K
 ARG ONNX_TEXT_INT8=false
 
 # ---- torch: the torch variant's runtime, and the tools of the build stages below ---------------

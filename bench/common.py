@@ -34,11 +34,11 @@ def pct(ms: np.ndarray) -> dict[str, float]:
 
 def vit_b32_dir() -> Path:
     """The ViT-B/32-sized random-weight checkpoint, built once and cached."""
-    from clipsearch.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_stand_in
 
     path = CACHE / "random-vit-b-32"
     if not (path / "model.safetensors").is_file():
-        build_random_clip(path, "vit-b-32", model_id="clipsearch/random-vit-b-32")
+        build_stand_in(path, "vit-b-32", model_id="clipsearch/random-vit-b-32")
     return path
 
 

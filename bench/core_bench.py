@@ -22,10 +22,10 @@ QUERIES = ["two dogs playing on a sunny beach at sunset", "a red car", "snow cov
 def bench_text(threads: int, repeat: int) -> dict:
     import torch
 
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
     torch.set_num_threads(threads)
-    enc = TorchClipEncoder(str(vit_b32_dir()), threads=threads)
+    enc = TorchEncoder(str(vit_b32_dir()), threads=threads)
     tokens = len(enc._tokenizer(QUERIES[0])["input_ids"])
     single = timed(lambda: enc.encode_text(QUERIES[0]), repeat, warmup=5)
     mixed = [0.0] * repeat
@@ -42,14 +42,14 @@ def bench_text(threads: int, repeat: int) -> dict:
 def bench_images(batch: int, rounds: int) -> dict:
     import torch
 
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
     pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     out = {"batch": batch}
-    fp32 = TorchClipEncoder(str(vit_b32_dir()), load=("vision",))
+    fp32 = TorchEncoder(str(vit_b32_dir()), load=("vision",))
     ref = fp32.encode_pixels(pixels[:8])
-    variants = {"fp32": fp32, "bf16_autocast": TorchClipEncoder(str(vit_b32_dir()), load=("vision",), cpu_bf16=True)}
-    int8 = TorchClipEncoder(str(vit_b32_dir()), load=("vision",))
+    variants = {"fp32": fp32, "bf16_autocast": TorchEncoder(str(vit_b32_dir()), load=("vision",), cpu_bf16=True)}
+    int8 = TorchEncoder(str(vit_b32_dir()), load=("vision",))
     int8._vision = torch.ao.quantization.quantize_dynamic(int8._vision, {torch.nn.Linear}, dtype=torch.qint8)
     variants["int8_dynamic"] = int8
     for name, enc in variants.items():

@@ -63,6 +63,9 @@ def installed_mb(path: str | Path) -> tuple[float, dict[str, float]]:
     return sum(sizes.values()), dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
 
 
-def dir_mb(path: str | Path, exclude: tuple[str, ...] = ()) -> float:
+def dir_mb(path: str | Path, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> float:
+    """MB of the files under `path`; names starting with an `exclude` prefix left out, and only
+    those starting with an `include` prefix counted when any is given."""
     return sum(f.stat().st_size for f in Path(path).rglob("*")
-               if f.is_file() and not any(f.name.startswith(e) for e in exclude)) / 2**20
+               if f.is_file() and not any(f.name.startswith(e) for e in exclude)
+               and (not include or any(f.name.startswith(i) for i in include))) / 2**20

@@ -124,12 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.images or (64 if args.quick else 96)
     rounds = args.rounds or (2 if args.quick else 8)
 
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
     folder = make_photos(n)
     model_dir = str(vit_b32_dir())
-    fp32 = TorchClipEncoder(model_dir, threads=args.threads, load=("vision",))
-    bf16 = TorchClipEncoder(model_dir, threads=args.threads, load=("vision",), cpu_bf16=True)
+    fp32 = TorchEncoder(model_dir, threads=args.threads, load=("vision",))
+    bf16 = TorchEncoder(model_dir, threads=args.threads, load=("vision",), cpu_bf16=True)
     for enc in (fp32, bf16):
         enc.encode_pixels(np.zeros((2, 3, 224, 224), dtype=np.float32))  # warm-up
     variants = {

@@ -42,7 +42,7 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from clipsearch.config import Settings
-from clipsearch.encoder import load_encoder
+from clipsearch.models import load_encoder
 from clipsearch.index import check_model, open_index
 t_import = time.perf_counter()
 settings = Settings.from_env()
@@ -74,15 +74,15 @@ print(json.dumps({"event": "done", "import_s": t_import - t0, "init_s": t_init -
 
 def prepare(source: Path) -> tuple[Path, Path]:
     """The cached ONNX export (fp32 + int8 text) and the 25k-vector index of the source's model."""
-    from clipsearch.encoder import resolve_model_id
-    from clipsearch.export_onnx import MANIFEST, export
+    from clipsearch.models import read_card, resolve_model_id
+    from clipsearch.models.export import export
     from clipsearch.index import Document
     from clipsearch.index.faiss_index import FaissIndex
 
     onnx_dir = CACHE / "onnx-vit-b-32"
-    manifest = onnx_dir / MANIFEST
-    current = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    if not current.get("quantization") or "text_graph" not in current:  # older than int8 or the rewritten graph
+    card = read_card(onnx_dir)
+    current = (card.onnx if card else None) or {}
+    if not current.get("quantization") or "text_graph" not in current:  # older than int8, the graph or the card
         print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
         export(str(source), onnx_dir, int8_text=True)
     index_dir = CACHE / "onnx-bench-index-25k"
@@ -233,8 +233,8 @@ def bench_in_process(source: Path, onnx_dir: Path, threads: list[int], repeat: i
     """Imports, session creation and one 10-token text encode: torch, ONNX fp32, ONNX int8."""
     import torch
 
-    from clipsearch.encoder import TorchClipEncoder
-    from clipsearch.encoder_onnx import OnnxClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
+    from clipsearch.models.onnx_encoder import OnnxEncoder
 
     out: dict = {"import_s": {
         "onnxruntime+tokenizers": _subprocess_seconds("import onnxruntime, tokenizers", n_imports),
@@ -243,17 +243,17 @@ def bench_in_process(source: Path, onnx_dir: Path, threads: list[int], repeat: i
     sessions = []
     for _ in range(3):
         t0 = time.perf_counter()
-        OnnxClipEncoder(onnx_dir, threads=threads[0])
+        OnnxEncoder(onnx_dir, threads=threads[0])
         sessions.append(time.perf_counter() - t0)
     out["onnx_text_session_s"] = round(float(np.median(sessions)), 3)
     t0 = time.perf_counter()
-    TorchClipEncoder(str(source), threads=threads[0])
+    TorchEncoder(str(source), threads=threads[0])
     out["torch_text_load_s_after_import"] = round(time.perf_counter() - t0, 3)
     out["encode_10_tokens"] = {}
     for n in threads:
         torch.set_num_threads(n)
-        encoders = {"torch": TorchClipEncoder(str(source), threads=n), "onnx_fp32": OnnxClipEncoder(onnx_dir, threads=n),
-                    "onnx_int8": OnnxClipEncoder(onnx_dir, threads=n, text_int8=True)}
+        encoders = {"torch": TorchEncoder(str(source), threads=n), "onnx_fp32": OnnxEncoder(onnx_dir, threads=n),
+                    "onnx_int8": OnnxEncoder(onnx_dir, threads=n, text_int8=True)}
         assert encoders["onnx_fp32"].tokenize([QUERY])[0].shape[1] == 10
         ms: dict[str, list[np.ndarray]] = {k: [] for k in encoders}
         for _ in range(3):  # interleaved blocks: noise from other processes spreads over all three
@@ -267,15 +267,15 @@ def bench_in_process(source: Path, onnx_dir: Path, threads: list[int], repeat: i
 
 def accuracy(source: Path, onnx_dir: Path, index_dir: Path) -> dict:
     """ONNX fp32 against torch, and int8 against fp32: max abs diff, mean-centred cosine, top-10."""
-    from clipsearch.encoder import TorchClipEncoder
-    from clipsearch.encoder_onnx import OnnxClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
+    from clipsearch.models.onnx_encoder import OnnxEncoder
     from clipsearch.index.faiss_index import FaissIndex
 
     words = "dogs cats beach mountains city street car flowers bird river bridge portrait food".split()
     texts = QUERIES + [f"a photo of {a} and {b}" for a in words for b in words[:4]]
-    vecs = {"torch": TorchClipEncoder(str(source), threads=2).encode_text(texts),
-            "onnx_fp32": OnnxClipEncoder(onnx_dir, threads=2).encode_text(texts),
-            "onnx_int8": OnnxClipEncoder(onnx_dir, threads=2, text_int8=True).encode_text(texts)}
+    vecs = {"torch": TorchEncoder(str(source), threads=2).encode_text(texts),
+            "onnx_fp32": OnnxEncoder(onnx_dir, threads=2).encode_text(texts),
+            "onnx_int8": OnnxEncoder(onnx_dir, threads=2, text_int8=True).encode_text(texts)}
     index = FaissIndex.load(index_dir)
 
     def compare(a: np.ndarray, b: np.ndarray) -> dict:

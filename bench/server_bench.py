@@ -37,7 +37,7 @@ TARGETS = {"text_p50_ms": 30, "text_p99_ms": 60, "cold_start_s": 4.5, "text_only
 
 def index_dir(model_dir: Path) -> Path:
     """25k clustered unit vectors with plausible metadata, recorded with the model's id; cached."""
-    from clipsearch.encoder import resolve_model_id
+    from clipsearch.models import resolve_model_id
     from clipsearch.index.base import Document
     from clipsearch.index.faiss_index import FaissIndex
 
@@ -72,7 +72,7 @@ def peak_rss_mb(proc) -> float:
 
 def phrases(n: int, seed: int) -> list[str]:
     """n distinct queries of 3-8 words, each word one token: 5-10 tokens with the start/end tokens."""
-    from clipsearch.modelgen import _WORDS
+    from clipsearch.models.modelgen import _WORDS
 
     rng, out = random.Random(seed), dict()
     while len(out) < n:
@@ -82,9 +82,9 @@ def phrases(n: int, seed: int) -> list[str]:
 
 def bare_encoder_ms(model: Path, queries: list[str]) -> np.ndarray:
     """The same queries through the encoder alone, in this process: the floor the service adds to."""
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
-    enc = TorchClipEncoder(str(model), threads=1)
+    enc = TorchEncoder(str(model), threads=1)
     for q in queries[:10]:
         enc.encode_text(q)
     out = np.empty(len(queries))
@@ -139,7 +139,7 @@ def cold_start(env: dict, log: Path) -> float:
 
 def onnx_dir(model: Path) -> Path:
     """The model exported to ONNX (fp32 text and vision towers), cached."""
-    from clipsearch.export_onnx import export
+    from clipsearch.models.export import export
 
     path = CACHE / "server-bench-onnx-vit-b-32"
     manifest = path / "clipsearch_model.json"

@@ -9,6 +9,11 @@ Layouts read:
   ``#N`` caption number (Flickr30k's `results_20130124.token`) and a first line
   ``image<TAB>caption`` is a header (`captions.tsv`). It has no splits: a split file (one
   image file name a line, e.g. the Karpathy test list) restricts it, else every image is used.
+- Crossmodal-3600 (`captions.jsonl`): one JSON object a line, ``{"image/key": KEY, LANG:
+  {"caption": [...], ...}, ...}`` for 36 languages, images at IMAGES/KEY.jpg (the layout
+  big_vision's big_vision/datasets/xm3600/xm3600.py reads: captions.zip from
+  google.github.io/crossmodal-3600, images.tgz from the Open Images bucket). The languages to
+  read are chosen by the caller; each caption keeps its language. No splits: all 3,600 images.
 - A labelled folder: one subfolder per class holding its images (CIFAR-100 or ImageNet exported
   to folders), or ROOT/SPLIT/ laid out that way when it exists.
 
@@ -38,6 +43,7 @@ class ImageItem:
 class Caption:
     text: str
     image: str  # ImageItem.key
+    language: str | None = None  # multilingual sets (Crossmodal-3600): the caption's language code
 
 
 @dataclass
@@ -108,16 +114,22 @@ def load_captions(
     *,
     split: str = "test",
     split_file: str | Path | None = None,
+    languages: tuple[str, ...] = ("en",),
 ) -> CaptionDataset:
-    """Karpathy JSON (by its .json suffix) or a token/TSV captions file."""
+    """Karpathy JSON (by its .json suffix), Crossmodal-3600 JSON lines (.jsonl; images default to
+    the `images` folder beside it) or a token/TSV captions file."""
     path = Path(captions_file)
     if not path.is_file():
         raise DatasetError(f"captions file {path} does not exist")
     root = Path(images_dir) if images_dir is not None else path.parent
+    if path.suffix.lower() == ".jsonl" and images_dir is None:
+        root = path.parent / "images"
     if not root.is_dir():
         raise DatasetError(f"images folder {root} does not exist")
     if path.suffix.lower() == ".json":
         return load_karpathy(path, root, split=split)
+    if path.suffix.lower() == ".jsonl":
+        return load_xm3600(path, root, languages=languages)
     return load_token_file(path, root, split_file=split_file)
 
 
@@ -216,6 +228,54 @@ def load_token_file(path: Path, root: Path, *, split_file: str | Path | None = N
         images.append(ImageItem(image, file))
         captions.extend(Caption(t, image) for t in texts)
     return CaptionDataset(path.stem, split, "captions-tsv", images, captions, skips)
+
+
+XM3600_LANGUAGES = ("ar", "bn", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fil", "fr", "he", "hi", "hr", "hu",
+                    "id", "it", "ja", "ko", "mi", "nl", "no", "pl", "pt", "quz", "ro", "ru", "sv", "sw", "te", "th",
+                    "tr", "uk", "vi", "zh")  # big_vision's XM3600_LANGUAGES
+
+
+def load_xm3600(path: Path, root: Path, *, languages: tuple[str, ...] = ("en",)) -> CaptionDataset:
+    """Crossmodal-3600's captions.jsonl: the captions of `languages`, each tagged with its language."""
+    skips = Skips()
+    images: list[ImageItem] = []
+    captions: list[Caption] = []
+    seen: set[str] = set()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not a readable text file: {exc}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        key = entry.get("image/key") if isinstance(entry, dict) else None
+        if not isinstance(key, str) or not key:
+            skips.add("malformed line", f"{path.name}:{n}")
+            continue
+        if key in seen:
+            skips.add("duplicate entry", key)
+            continue
+        texts = []
+        for lang in languages:
+            raw = entry.get(lang, {}).get("caption") if isinstance(entry.get(lang), dict) else None
+            got = [t.strip() for t in raw if isinstance(t, str) and t.strip()] if isinstance(raw, list) else []
+            if not got:
+                skips.add(f"no {lang} caption", key)
+            texts.extend((t, lang) for t in got)
+        if not texts:
+            continue
+        file = _find_image(root, "", f"{key}.jpg")
+        if file is None:
+            skips.add("missing image file", str(root / f"{key}.jpg"))
+            continue
+        seen.add(key)
+        images.append(ImageItem(key, file))
+        captions.extend(Caption(t, key, lang) for t, lang in texts)
+    return CaptionDataset("xm3600", "all", "xm3600-jsonl", images, captions, skips)
 
 
 # -- labelled folders -----------------------------------------------------------------------

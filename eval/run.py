@@ -1,12 +1,14 @@
 """python -m eval: measure retrieval quality through the production ingest and search path.
 
     python -m eval retrieval CAPTIONS [--images DIR] [--split test]    # Flickr30k / MS-COCO
+    python -m eval retrieval captions.jsonl --language en,ja,ar         # Crossmodal-3600, per language
     python -m eval zeroshot FOLDER [--split test] [--prompt "{}"]      # CIFAR-100, ImageNet folders
 
 Steps: load the dataset (bad entries skipped and counted), link the chosen images into a
 staging folder, ingest it with `python -m ingest folder` into the index the options name, map
 index documents back to dataset items by content hash, encode the queries with the production
 encoder, search with the backend's `search`, compute the metrics, print a table, write JSON.
+The report names the checkpoint and its family (clipsearch.models.families) it measured.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from pathlib import Path
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from eval.collection import IngestFailed, content_hashes, ingest_folder, map_collection, stage
-from eval.datasets import DatasetError, Skips, load_captions, load_labelled_folder
+from eval.datasets import XM3600_LANGUAGES, DatasetError, Skips, load_captions, load_labelled_folder
 from eval.metrics import TIES
 from eval.report import build_report, format_table, write_report
-from eval.tasks import Timer, evaluate_retrieval, evaluate_zeroshot, self_check
+from eval.tasks import Timer, evaluate_by_language, evaluate_retrieval, evaluate_zeroshot, self_check
 
 
-EXAMPLES = """examples (MODEL_ID=openai/clip-vit-base-patch32 or MODEL_PATH=DIR for the real model):
+EXAMPLES = """examples (MODEL_ID=laion/CLIP-ViT-B-32-laion2B-s34B-b79K or MODEL_PATH=DIR for the real model):
   python -m eval retrieval dataset_flickr30k.json --images flickr30k-images --out flickr30k.json
   python -m eval retrieval dataset_coco.json --images coco --out coco.json
   python -m eval zeroshot cifar100 --out cifar100.json
+  python -m eval retrieval xm3600/captions.jsonl --language all --out xm3600.json   # images in xm3600/images
   python -m eval retrieval dataset_flickr30k.json --images flickr30k-images --index data/eval-flickr \\
       --skip-ingest --hnsw-threshold 1 --vs-exact          # the same collection through HNSW
 
@@ -64,6 +67,17 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
+
+
+def _languages(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "all":
+        return XM3600_LANGUAGES
+    langs = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [lang for lang in langs if lang not in XM3600_LANGUAGES]
+    if not langs or unknown:
+        raise argparse.ArgumentTypeError(f"--language takes Crossmodal-3600 codes ({', '.join(XM3600_LANGUAGES)}) "
+                                         f"or 'all', got {text!r}")
+    return langs
 
 
 def _prompt(text: str) -> str:
@@ -112,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--images", help="the images folder (default: the captions file's folder)")
     ret.add_argument("--split-file", help="captions-file layout: a file listing the split's image file names")
     ret.add_argument("--no-image-to-text", action="store_true", help="skip the image->text direction")
+    ret.add_argument("--language", type=_languages, default=("en",),
+                     help="Crossmodal-3600 (captions.jsonl): caption languages, comma-separated codes or 'all' "
+                          "(default en); each gets its own text->image row in a per-language table")
     zs = sub.add_parser("zeroshot", parents=[common], help="zero-shot top-K over a folder with one subfolder per class")
     zs.add_argument("folder", help="ROOT/CLASS/image files, or ROOT/SPLIT/CLASS/image files")
     zs.add_argument("--prompt", type=_prompt, default="{}",
@@ -165,12 +182,13 @@ def _where(settings: Settings) -> str:
 
 
 def run(args, tmp: Path) -> dict:
-    from clipsearch.encoder import load_encoder
+    from clipsearch.models import load_encoder
     from clipsearch.index import check_model, open_index
 
     settings = _settings(args, tmp)
     if args.task == "retrieval":
-        ds = load_captions(args.captions, args.images, split=args.split, split_file=args.split_file)
+        ds = load_captions(args.captions, args.images, split=args.split, split_file=args.split_file,
+                           languages=args.language)
         source = args.captions
     else:
         ds = load_labelled_folder(args.folder, split=args.split)
@@ -197,7 +215,11 @@ def run(args, tmp: Path) -> dict:
         raise DatasetError(f"none of the {len(hashes)} images is in {_where(settings)}: {hint}")
 
     timer = Timer()
-    if args.task == "retrieval":
+    if args.task == "retrieval" and any(c.language for c in ds.captions):
+        metrics, counts = evaluate_by_language(ds, coll, index, encoder, ks=args.k, ties=args.ties,
+                                               image_to_text=not args.no_image_to_text, vs_exact=args.vs_exact,
+                                               timer=timer)
+    elif args.task == "retrieval":
         metrics, counts = evaluate_retrieval(ds, coll, index, encoder, ks=args.k, ties=args.ties,
                                              image_to_text=not args.no_image_to_text, vs_exact=args.vs_exact,
                                              timer=timer)
@@ -214,8 +236,10 @@ def run(args, tmp: Path) -> dict:
                "problems": ds.skips.problems}
     if args.task == "zeroshot":
         dataset["prompt"] = args.prompt
+    if args.task == "retrieval" and ds.layout == "xm3600-jsonl":
+        dataset["languages"] = list(args.language)
     return build_report(task=args.task, dataset=dataset, index_info=index.info(), model_id=encoder.model_id,
-                        encoder=settings.encoder, counts=counts, metrics=metrics, ties=args.ties, ks=args.k,
+                        family=encoder.family, encoder=settings.encoder, counts=counts, metrics=metrics, ties=args.ties, ks=args.k,
                         timings=timer.seconds, ingest=ingest)
 
 

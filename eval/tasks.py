@@ -7,6 +7,7 @@ pessimistic tie rule in `eval.metrics` can tell a tie that stops at K from one t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 
@@ -123,6 +124,28 @@ def evaluate_retrieval(ds: CaptionDataset, coll: Collection, index, encoder, *, 
         metrics["image_to_text"] = _named(recall_at_k(i2t, ks), "R@")
     counts = {"captions": len(ds.captions), "text_queries": len(captions),
               "captions_of_unindexed_images": len(ds.captions) - len(captions)}
+    return metrics, counts
+
+
+def evaluate_by_language(ds: CaptionDataset, coll: Collection, index, encoder, *, ks: Sequence[int], ties: str,
+                         image_to_text: bool = True, vs_exact: bool = False,
+                         timer: Timer | None = None) -> tuple[dict, dict]:
+    """A multilingual set (Crossmodal-3600): text->image for each caption language on its own, as
+    groups "text_to_image[xx]" with the mean of the R@K beside them; image->text only when one
+    language is measured (captions of several languages would compete as targets)."""
+    timer = timer or Timer()
+    languages = sorted({c.language for c in ds.captions if c.language})
+    metrics: dict = {}
+    counts: dict = {"captions": len(ds.captions), "languages": len(languages)}
+    for lang in languages:
+        sub = dataclasses.replace(ds, captions=[c for c in ds.captions if c.language == lang])
+        m, c = evaluate_retrieval(sub, coll, index, encoder, ks=ks, ties=ties, vs_exact=vs_exact, timer=timer,
+                                  image_to_text=image_to_text and len(languages) == 1)
+        for group, values in m.items():
+            if group == "text_to_image":
+                values = {**values, "mean": float(np.mean(list(values.values())))}
+            metrics[f"{group}[{lang}]"] = values
+        counts[f"text_queries[{lang}]"] = c["text_queries"]
     return metrics, counts
 
 

@@ -147,12 +147,12 @@ def _settings(args, settings: Settings | None) -> Settings:
 
 
 def _encoder(settings: Settings, device: str, precision: str):
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
     explicit = settings.model_id if settings.model_path else None
     # No tower loaded yet: a run that finds everything indexed or cached never loads the model.
-    return TorchClipEncoder(settings.model_source, model_id=explicit, threads=settings.threads,
-                            device=None if device == "auto" else device, cpu_bf16=precision == "bf16", load=())
+    return TorchEncoder(settings.model_source, model_id=explicit, threads=settings.threads,
+                        device=None if device == "auto" else device, cpu_bf16=precision == "bf16", load=())
 
 
 def _pipeline_options(args, settings: Settings, device: str):

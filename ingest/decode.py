@@ -3,7 +3,7 @@
 Kept free of torch and of the rest of ingest, so a spawned worker starts in a fraction of a
 second. Workers return uint8 crops (a quarter of float32's bytes through the pipe) and the main
 process normalises a whole batch at once with exactly the arithmetic of
-`clipsearch.preprocess.to_pixels`, so ingest and the query path produce identical pixels.
+`clipsearch.models.preprocess.to_pixels`, so ingest and the query path produce identical pixels.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, resize_and_crop
+from clipsearch.models.preprocess import PreprocessConfig, fit
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Decoded:
 def decode_one(data: bytes, cfg: PreprocessConfig, limits: DecodeLimits) -> Decoded:
     try:
         img = decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
-        crop = np.asarray(resize_and_crop(img, cfg), dtype=np.uint8)
+        crop = np.asarray(fit(img, cfg), dtype=np.uint8)
         return Decoded(crop, img.size)
     except ClipsearchError as exc:  # bad image: reported by the caller, the run goes on
         return Decoded(None, (0, 0), f"{exc.code}: {exc}")

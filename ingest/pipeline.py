@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from clipsearch.encoder import Encoder
 from clipsearch.errors import ImageTooLarge, InvalidInput
+from clipsearch.models import Encoder
 from clipsearch.index import Document, VectorIndex
 from clipsearch.index.base import vector_problem
 from clipsearch.schema import display_text

@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsearch.config import DEFAULT_MODEL_ID
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 
@@ -86,17 +88,18 @@ def choose_model(env: dict[str, str]) -> None:
         say(f"model: {env['MODEL_PATH']}")
         return
     if reachable("https://huggingface.co"):
-        say(f"model: {env.get('MODEL_ID', 'openai/clip-vit-base-patch32')} (from the Hugging Face hub)")
+        say(f"model: {env.get('MODEL_ID', DEFAULT_MODEL_ID)} (from the Hugging Face hub)")
         return
-    from clipsearch.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_stand_in
 
+    # A stand-in of the default checkpoint's family and size (CLIP ViT-B/32), generated here.
     path = DATA / "models" / "random-vit-b-32"
     if not (path / "model.safetensors").is_file():
-        build_random_clip(path, "vit-b-32", model_id="clipsearch/random-vit-b-32")
+        build_stand_in(path, "vit-b-32", model_id="clipsearch/random-vit-b-32")
     env["MODEL_PATH"] = str(path)
-    say("WARNING: the model hub is unreachable and MODEL_PATH is not set: using a RANDOM-WEIGHT\n"
-        "    ViT-B/32 so the whole stack runs. Rankings are meaningless. Set MODEL_PATH to a real\n"
-        "    CLIP checkpoint directory for real results.")
+    say(f"WARNING: the model hub is unreachable and MODEL_PATH is not set: using a RANDOM-WEIGHT\n"
+        f"    stand-in of {DEFAULT_MODEL_ID}'s architecture so the whole stack runs. Rankings are\n"
+        "    meaningless. Set MODEL_PATH to a real checkpoint directory for real results.")
 
 
 def sample_folder() -> Path:

@@ -51,7 +51,7 @@ def query_threads(encoder: str, env: dict[str, str] | None = None) -> int:
     encode from 24 ms to 850 ms.
     ONNX Runtime: the whole vCPUs this function has. On Lambda that is its memory size over
     1,769 MB, whatever the vCPU count it shows; a second thread only pays with a second vCPU's
-    quota behind it, as its workers spin between ops (see encoder_onnx). A 10-token ViT-B/32
+    quota behind it, as its workers spin between ops (models/onnx_encoder.py). A 10-token ViT-B/32
     encode is mostly matrix products (its time grows with the token count), which split well
     across cores: 11.1 ms on one thread, 6.7 ms on two (2 idle cores).
     """
@@ -151,7 +151,7 @@ class App:
         return ms
 
     def _build(self) -> SearchService:
-        from clipsearch.encoder import load_encoder
+        from clipsearch.models import load_encoder
         from clipsearch.index import check_model
 
         if self._settings_error is not None:

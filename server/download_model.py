@@ -1,11 +1,14 @@
-"""Download a CLIP checkpoint for the container image, at build time (run time is offline).
+"""Download a checkpoint (CLIP, SigLIP, SigLIP 2) for the container image, at build time (run time
+is offline).
 
-    python -m server.download_model openai/clip-vit-base-patch32 /opt/model
+    python -m server.download_model laion/CLIP-ViT-B-32-laion2B-s34B-b79K /opt/model
 
-Fetches only what inference needs (config, safetensors weights, tokenizer and preprocessor files;
-the PyTorch .bin only when the repository has no safetensors) and records the hub id in
-`clipsearch_model.json`, so the model loaded from the directory keeps the identity the index
-was built with. Public models need no token; never pass one as a build argument.
+Fetches only what inference needs (config, safetensors weights, tokenizer and preprocessor files,
+SigLIP's SentencePiece `spiece.model`; the PyTorch .bin only when the repository has no
+safetensors) and records the hub id in the model card `clipsearch_model.json`
+(clipsearch/models/card.py; this script runs alone in the Dockerfile, so it writes the two fields
+itself), so the model loaded from the directory keeps the identity the index was built with.
+Public models need no token; never pass one as a build argument.
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ import json
 import sys
 from pathlib import Path
 
-SMALL_FILES = ["*.json", "*.txt"]  # config, tokenizer (vocab, merges, tokenizer.json), preprocessor
+# config, tokenizer (vocab, merges, tokenizer.json; SigLIP's spiece.model), preprocessor
+SMALL_FILES = ["*.json", "*.txt", "*.model"]
 
 
 def weight_patterns(files: list[str]) -> list[str]:
-    if any(f.endswith(".safetensors") for f in files):
+    """transformers' own weights: `model.safetensors` (or its shards), else other safetensors, else
+    the PyTorch .bin. LAION's repositories also hold open_clip's copy of the same weights
+    (`open_clip_*`), which transformers never reads: not downloaded."""
+    names = [f for f in files if f.endswith(".safetensors") and not f.startswith("open_clip")]
+    if any(f == "model.safetensors" or f.startswith("model-") for f in names):
+        return ["model*.safetensors"]
+    if names:
         return ["*.safetensors"]
     if "pytorch_model.bin" in files:
         return ["pytorch_model.bin"]

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 
 from clipsearch.config import Settings
-from clipsearch.encoder import Encoder
 from clipsearch.errors import ImageTooLarge, InvalidInput, NotFound
+from clipsearch.models import Encoder
 from clipsearch.images import decode_image
 from clipsearch.index import VectorIndex
 from server.fetch import SafeFetcher
 from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery, suggestion
 
 TEXT_CACHE_SIZE = 1024
-RANDOM_WEIGHTS_WARNING = ("This deployment's CLIP model has random weights (a stand-in used when no checkpoint was "
-                          "available), so these scores and rankings mean nothing: set MODEL_PATH to a CLIP checkpoint "
+RANDOM_WEIGHTS_WARNING = ("This deployment's model has random weights (a stand-in used when no checkpoint was "
+                          "available), so these scores and rankings mean nothing: set MODEL_PATH to a checkpoint "
                           "directory (or MODEL_ID to a hub id), re-ingest and restart")
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 
@@ -109,6 +109,8 @@ class SearchService:
             "count": len(results),
             "k": q.k,
             "model": self.index.model_id,
+            # Scores are cosines for every family, but their scale is the family's (SigLIP's sit lower).
+            "family": self.encoder.family,
             # A cached text vector was not encoded: encode is 0 and "cached" says why (the lookup's
             # microseconds count in total).
             "took_ms": {"encode": 0.0 if cached else round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
@@ -156,7 +158,9 @@ class SearchService:
         return self.encoder.encode_images([image])[0]
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.index.model_id, "dim": self.index.dim, "count": self.index.count(),
+        card = self.encoder.card
+        return {"status": "ok", "model": self.index.model_id, "family": self.encoder.family,
+                "suggested_min_score": card.suggested_min_score, "dim": self.index.dim, "count": self.index.count(),
                 "backend": getattr(self.index, "backend", type(self.index).__name__),
                 "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.settings.threads,
                 "text_cache": len(self.text_cache), "random_weights": bool(getattr(self.encoder, "random_weights", False))}

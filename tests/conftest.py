@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-weight CLIP built locally, generated images, a temp index."""
+"""Shared fixtures: tiny random-weight checkpoints of every family built locally, generated images."""
 
 from __future__ import annotations
 
@@ -20,9 +20,47 @@ EVENTS = Path(__file__).resolve().parent / "events"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP checkpoint (config, safetensors, tokenizer, preprocessor config)."""
-    from clipsearch.modelgen import build_random_clip
+    from clipsearch.models.modelgen import build_stand_in
 
-    return build_random_clip(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
+    return build_stand_in(tmp_path_factory.mktemp("model") / "tiny-clip", "tiny", model_id="clipsearch/tiny-test")
+
+
+# The tiny stand-in of each family (clipsearch.models.modelgen presets).
+FAMILY_PRESETS = {"clip": "tiny", "siglip": "siglip-tiny", "siglip2": "siglip2-tiny"}
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory, tiny_model_dir):
+    """`stand_in(family)`: that family's tiny random-weight checkpoint, built once per session."""
+    from clipsearch.models.modelgen import build_stand_in
+
+    built = {"clip": tiny_model_dir}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            preset = FAMILY_PRESETS[family]
+            built[family] = build_stand_in(tmp_path_factory.mktemp("model") / preset, preset,
+                                           model_id=f"clipsearch/{preset}-test")
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def stand_in_onnx(tmp_path_factory, stand_in):
+    """`stand_in_onnx(family)`: the ONNX export of `stand_in(family)` (int8 text tower too), once."""
+    from clipsearch.models.export import export
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            out = tmp_path_factory.mktemp("onnx") / f"{family}-onnx"
+            export(str(stand_in(family)), out, int8_text=True)
+            built[family] = out
+        return built[family]
+
+    return get
 
 
 @pytest.fixture
@@ -36,9 +74,9 @@ def tiny_model_env(monkeypatch, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
-    return TorchClipEncoder(str(tiny_model_dir), threads=1, load=("text", "vision"))
+    return TorchEncoder(str(tiny_model_dir), threads=1, load=("text", "vision"))
 
 
 def make_image(seed: int, size=(64, 48), fmt: str = "JPEG", mode: str = "RGB", **save_kwargs) -> bytes:

@@ -31,15 +31,15 @@ def jpeg(size):
     return buf.getvalue()
 
 if kind == "torch":
-    from clipsearch.encoder import TorchClipEncoder
-    enc = TorchClipEncoder(source, threads=1, load=("vision",))
+    from clipsearch.models.torch_encoder import TorchEncoder
+    enc = TorchEncoder(source, threads=1, load=("vision",))
     run = lambda data: enc.encode_images([decode_image(data)])
 elif kind == "onnx":
-    from clipsearch.encoder_onnx import OnnxClipEncoder
-    enc = OnnxClipEncoder(source, threads=1, load=("vision",))
+    from clipsearch.models.onnx_encoder import OnnxEncoder
+    enc = OnnxEncoder(source, threads=1, load=("vision",))
     run = lambda data: enc.encode_images([decode_image(data)])
 else:  # ingest's decode stage: bytes to a uint8 crop
-    from clipsearch.preprocess import PreprocessConfig
+    from clipsearch.models.preprocess import PreprocessConfig
     from ingest.decode import DecodeLimits, decode_one
     cfg, limits = PreprocessConfig(), DecodeLimits(10**7, 40_000_000)
     def run(data):

@@ -1,4 +1,5 @@
-"""The torch CLIP encoder on a tiny random-weight checkpoint loaded via from_pretrained."""
+"""The torch encoder on the tiny random-weight CLIP checkpoint loaded via from_pretrained (the other
+families: tests/test_families.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 from PIL import Image
 
 from clipsearch.config import Settings
-from clipsearch.encoder import TorchClipEncoder, load_encoder, resolve_model_id
+from clipsearch.models import load_encoder, resolve_model_id
+from clipsearch.models.torch_encoder import TorchEncoder
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, to_pixels
+from clipsearch.models.preprocess import PreprocessConfig, to_pixels
 from conftest import make_image
 
 
@@ -31,10 +33,10 @@ def test_model_id_comes_from_the_checkpoint(tiny_encoder, tiny_model_dir):
     (None, False),  # no marker at all: a checkpoint from the hub or a user's directory
 ])
 def test_random_weight_stand_ins_are_recognised(tmp_path, marker, expected):
-    from clipsearch.encoder import has_random_weights
+    from clipsearch.models import CARD_FILE, has_random_weights
 
     if marker is not None:
-        (tmp_path / "clipsearch_model.json").write_text(marker if isinstance(marker, str) else json.dumps(marker))
+        (tmp_path / CARD_FILE).write_text(marker if isinstance(marker, str) else json.dumps(marker))
     assert has_random_weights(str(tmp_path)) is expected
     assert has_random_weights("openai/clip-vit-base-patch32") is False
 
@@ -47,12 +49,11 @@ def test_text_vectors_are_unit_float32(tiny_encoder):
 
 
 def test_single_query_is_not_padded_and_matches_batch(tiny_encoder):
-    tok = tiny_encoder._tokenizer
-    tiny_encoder.encode_text("x")  # loads text tower
     batch = tiny_encoder.encode_text(["two dogs", "a much longer query about a sunset over the sea"])
     single = tiny_encoder.encode_text("two dogs")
     np.testing.assert_allclose(single[0], batch[0], atol=1e-5)
-    assert len(tok("two dogs")["input_ids"]) < 10
+    ids, mask = tiny_encoder.tokenizer(["two dogs"])
+    assert ids.shape[1] < 10 and mask.all()
 
 
 def test_long_text_is_truncated_not_rejected(tiny_encoder):
@@ -63,7 +64,7 @@ def test_long_text_is_truncated_not_rejected(tiny_encoder):
 
 
 def test_text_query_never_loads_vision_tower(tiny_model_dir):
-    enc = TorchClipEncoder(str(tiny_model_dir))
+    enc = TorchEncoder(str(tiny_model_dir))
     enc.encode_text("two dogs")
     assert enc.loaded_towers == ("text",)
     enc.encode_images([decode_image(make_image(1))])
@@ -114,7 +115,7 @@ def test_exif_orientation_is_applied_before_encoding(tiny_encoder):
 
 
 def test_cpu_bf16_autocast_is_close_to_fp32(tiny_model_dir, tiny_encoder):
-    bf16 = TorchClipEncoder(str(tiny_model_dir), cpu_bf16=True, load=("vision",))
+    bf16 = TorchEncoder(str(tiny_model_dir), cpu_bf16=True, load=("vision",))
     imgs = [decode_image(make_image(i)) for i in range(4)]
     a, b = tiny_encoder.encode_images(imgs), bf16.encode_images(imgs)
     assert b.dtype == np.float32

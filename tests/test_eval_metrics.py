@@ -190,16 +190,29 @@ def test_a_shuffled_ranking_scores_lower_than_the_true_one():
 
 # -- references and the report ------------------------------------------------------------------
 def test_reference_figures_are_the_published_ones():
-    by = {(r.dataset, r.group): r.values for r in REFERENCES}
-    assert by[("flickr30k", "text_to_image")] == {"R@1": 0.588, "R@5": 0.836, "R@10": 0.900}
-    assert by[("coco", "text_to_image")] == {"R@1": 0.304, "R@5": 0.559, "R@10": 0.669}
-    assert by[("cifar100", "zero_shot")] == {"top-1": 0.5515, "top-5": 0.8134}
-    assert all(r.source.startswith(("open_clip", "rclip")) and "github.com" in r.source for r in REFERENCES)
+    by = {(r.dataset, r.group, r.model_id): r.values for r in REFERENCES}
+    openai = "openai/clip-vit-base-patch32"
+    assert by[("flickr30k", "text_to_image", openai)] == {"R@1": 0.588, "R@5": 0.836, "R@10": 0.900}
+    assert by[("coco", "text_to_image", openai)] == {"R@1": 0.304, "R@5": 0.559, "R@10": 0.669}
+    assert by[("cifar100", "zero_shot", openai)] == {"top-1": 0.5515, "top-5": 0.8134}
+    assert by[("flickr30k", "text_to_image", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")] == {"R@1": 0.668}
+    assert by[("xm3600", "text_to_image[en]", "google/siglip2-base-patch16-224")] == {"mean": 0.752}
+    assert all(r.source.startswith(("open_clip", "rclip", "Immich")) and ("github.com" in r.source or
+                                                                          "immich.app" in r.source) for r in REFERENCES)
+
+
+def test_references_follow_the_measured_checkpoint():
+    laion = references_for("flickr30k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    assert [(r.group, r.values) for r in laion] == [("text_to_image", {"R@1": 0.668})]
+    fallback = references_for("flickr30k", "clipsearch/random-siglip2-b16-seed0")  # no figures: OpenAI's
+    assert {r.model_id for r in fallback} == {"openai/clip-vit-base-patch32"} and len(fallback) == 2
+    assert {r.model for r in references_for("crossmodal-3600", "google/siglip-base-patch16-224")} == {"SigLIP ViT-B/16"}
 
 
 @pytest.mark.parametrize("name,family", [
     ("dataset_flickr30k", "flickr30k"), ("Flickr30K", "flickr30k"), ("coco", "coco"), ("MS-COCO", "coco"),
     ("cifar-100", "cifar100"), ("CIFAR100", "cifar100"), ("imagenet", None), ("cifar", None),
+    ("xm3600", "xm3600"), ("Crossmodal-3600", "xm3600"),
 ])
 def test_dataset_family(name, family):
     assert dataset_family(name) == family

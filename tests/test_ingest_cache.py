@@ -13,7 +13,7 @@ import pytest
 
 from clipsearch.errors import IngestError
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, preprocess_images
+from clipsearch.models.preprocess import PreprocessConfig, preprocess_images
 from conftest import REPO, make_image
 from ingest.cache import _HEAD, LOG, MAGIC, EmbeddingCache, model_slug
 from ingest.decode import DecodeLimits, decode_chunk, normalize_batch

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from PIL import Image
 
 from clipsearch.config import Settings
-from clipsearch.encoder import load_encoder, resolve_model_id
-from clipsearch.encoder_onnx import OnnxClipEncoder
+from clipsearch.models import load_encoder, resolve_model_id
+from clipsearch.models.onnx_encoder import OnnxEncoder
 from clipsearch.errors import InvalidInput
-from clipsearch.export_onnx import export, main as export_main
+from clipsearch.models.export import export, main as export_main
 from clipsearch.index import Document
 from clipsearch.index.faiss_index import FaissIndex
 from tests.conftest import REPO, make_image
@@ -59,19 +59,21 @@ def onnx_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_encoder(onnx_dir) -> OnnxClipEncoder:
-    return OnnxClipEncoder(onnx_dir, load=("text", "vision"), threads=1)
+def onnx_encoder(onnx_dir) -> OnnxEncoder:
+    return OnnxEncoder(onnx_dir, load=("text", "vision"), threads=1)
 
 
 # -- export ----------------------------------------------------------------------------------
-def test_export_writes_graphs_tokenizer_and_manifest(onnx_dir, tiny_model_dir):
-    manifest = json.loads((onnx_dir / "clipsearch_model.json").read_text())
-    assert manifest["model_id"] == resolve_model_id(str(tiny_model_dir)) == "clipsearch/tiny-test"
-    assert manifest["dim"] == 16 and manifest["max_text_tokens"] == 77 and manifest["opset"] == 17
-    assert manifest["random_weights"] is True  # carried over from the stand-in checkpoint's marker
-    assert OnnxClipEncoder(onnx_dir, load=()).random_weights is True
-    assert manifest["towers"] == {"text": "text.onnx", "vision": "vision.onnx"}
-    assert manifest["quantization"] == {"text_int8": "text.int8.onnx"}
+def test_export_writes_graphs_tokenizer_and_card(onnx_dir, tiny_model_dir):
+    card = json.loads((onnx_dir / "clipsearch_model.json").read_text())
+    assert card["model_id"] == resolve_model_id(str(tiny_model_dir)) == "clipsearch/tiny-test"
+    assert card["family"] == "clip" and card["dim"] == 16 and card["suggested_min_score"] == 0.28
+    assert card["random_weights"] is True  # carried over from the stand-in checkpoint's card
+    assert OnnxEncoder(onnx_dir, load=()).random_weights is True
+    onnx = card["onnx"]
+    assert onnx["max_text_tokens"] == 77 and onnx["opset"] == 17 and onnx["text_inputs"] == ["input_ids", "attention_mask"]
+    assert onnx["towers"] == {"text": "text.onnx", "vision": "vision.onnx"}
+    assert onnx["quantization"] == {"text_int8": "text.int8.onnx"}
     for name in ("text.onnx", "vision.onnx", "text.int8.onnx", "tokenizer.json", "preprocessor_config.json",
                  "text.onnx.data", "vision.onnx.data", "text.int8.onnx.data"):
         f = onnx_dir / name
@@ -98,11 +100,11 @@ def test_graphs_have_dynamic_batch_and_sequence_axes(onnx_dir):
 def test_export_cli(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "text-only"
     assert export_main([str(tiny_model_dir), str(out), "--towers", "text", "--model-id", "org/renamed"]) == 0
-    assert "exported org/renamed (16-d, towers text)" in capsys.readouterr().out
-    manifest = json.loads((out / "clipsearch_model.json").read_text())
-    assert manifest["model_id"] == "org/renamed" and manifest["towers"] == {"text": "text.onnx"}
+    assert "exported org/renamed (clip, 16-d, towers text)" in capsys.readouterr().out
+    card = json.loads((out / "clipsearch_model.json").read_text())
+    assert card["model_id"] == "org/renamed" and card["onnx"]["towers"] == {"text": "text.onnx"}
     assert not (out / "vision.onnx").exists() and not (out / "text.int8.onnx").exists()
-    enc = OnnxClipEncoder(out, threads=1)
+    enc = OnnxEncoder(out, threads=1)
     assert enc.encode_text("a dog").shape == (1, 16)
     with pytest.raises(InvalidInput, match="no vision tower"):
         enc.encode_images(images(1))
@@ -133,8 +135,8 @@ def test_pooled_text_matches_transformers_forward(cfg):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from clipsearch.export_onnx import parity_batch
-    from clipsearch.text_graph import PooledText
+    from clipsearch.models.export import parity_batch
+    from clipsearch.models.text_graph import PooledText
 
     torch.manual_seed(0)
     config = CLIPTextConfig(**{"vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
@@ -153,26 +155,26 @@ def test_pooled_text_matches_transformers_forward(cfg):
 def test_export_writes_the_rewritten_text_graph(onnx_dir):
     import onnx
 
-    assert json.loads((onnx_dir / "clipsearch_model.json").read_text())["text_graph"] == "pooled"
+    assert json.loads((onnx_dir / "clipsearch_model.json").read_text())["onnx"]["text_graph"] == "pooled"
     ops = [n.op_type for n in onnx.load(str(onnx_dir / "text.onnx"), load_external_data=False).graph.node]
     assert ops.count("Softmax") == 2  # the tiny model's two layers, attention as transformers computes it
 
 
 def test_export_falls_back_to_the_traced_module_when_the_rewrite_differs(tiny_model_dir, tiny_encoder, tmp_path,
                                                                         monkeypatch):
-    from clipsearch.text_graph import PooledText
+    from clipsearch.models.text_graph import PooledText
 
     forward = PooledText.forward
     monkeypatch.setattr(PooledText, "forward", lambda self, ids, mask: forward(self, ids, mask) * 1.01)
     with pytest.warns(UserWarning, match="does not match .* exporting the traced transformers module instead"):
         export(str(tiny_model_dir), tmp_path / "onnx", towers=("text",))
-    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["text_graph"] == "traced"
-    ours, theirs = OnnxClipEncoder(tmp_path / "onnx", threads=1).encode_text(TEXTS), tiny_encoder.encode_text(TEXTS)
+    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["onnx"]["text_graph"] == "traced"
+    ours, theirs = OnnxEncoder(tmp_path / "onnx", threads=1).encode_text(TEXTS), tiny_encoder.encode_text(TEXTS)
     assert np.abs(ours - theirs).max() < 1e-5
 
 
 def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny_encoder, tmp_path, monkeypatch):
-    from clipsearch.text_graph import PooledText
+    from clipsearch.models.text_graph import PooledText
 
     def unbuildable(self, model):
         raise AttributeError("'CLIPTextTransformer' object has no attribute 'encoder'")
@@ -180,13 +182,13 @@ def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny
     monkeypatch.setattr(PooledText, "__init__", unbuildable)
     with pytest.warns(UserWarning, match="cannot be built: AttributeError"):
         export(str(tiny_model_dir), tmp_path / "onnx", towers=("text",))
-    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["text_graph"] == "traced"
-    ours, theirs = OnnxClipEncoder(tmp_path / "onnx", threads=1).encode_text(TEXTS), tiny_encoder.encode_text(TEXTS)
+    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["onnx"]["text_graph"] == "traced"
+    ours, theirs = OnnxEncoder(tmp_path / "onnx", threads=1).encode_text(TEXTS), tiny_encoder.encode_text(TEXTS)
     assert np.abs(ours - theirs).max() < 1e-5
 
 
 def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
-    from clipsearch.export_onnx import _check_text_graph, load_tower
+    from clipsearch.models.export import _check_text_graph, load_tower
 
     text, cfg = load_tower(str(tiny_model_dir), "text")
     broken = tmp_path / "text.onnx"
@@ -195,35 +197,42 @@ def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
 
 
 def test_export_fails_clearly_when_no_text_graph_matches(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    import clipsearch.export_onnx as export_onnx
+    import clipsearch.models.export as export_onnx
 
     monkeypatch.setattr(export_onnx, "_check_text_graph", lambda *a: "largest difference 3.00e-01 of the largest value")
     with pytest.warns(UserWarning):
         assert export_main([str(tiny_model_dir), str(tmp_path / "out"), "--towers", "text"]) == 2
     assert "the exported text tower does not match" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "clipsearch_model.json").exists()  # never a manifest over a wrong graph
+    assert not (tmp_path / "out" / "clipsearch_model.json").exists()  # never a card over a wrong graph
 
 
 # -- tokenisation ----------------------------------------------------------------------------
-def _hf_ids(tiny_encoder, texts, padding):
-    tiny_encoder._tower("text")
-    batch = tiny_encoder._tokenizer(texts, padding=padding, truncation=True, max_length=77, return_tensors="np")
+@pytest.fixture(scope="session")
+def hf_tokenizer(tiny_model_dir):
+    """transformers' own tokenizer of the tiny checkpoint: the reference for ours."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def _hf_ids(hf_tokenizer, texts, padding):
+    batch = hf_tokenizer(texts, padding=padding, truncation=True, max_length=77, return_tensors="np")
     return batch["input_ids"], batch["attention_mask"]
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_one_text_tokenises_like_transformers(onnx_encoder, tiny_encoder, text):
+def test_one_text_tokenises_like_transformers(onnx_encoder, hf_tokenizer, text):
     ids, mask = onnx_encoder.tokenize([text])
-    hf_ids, hf_mask = _hf_ids(tiny_encoder, [text], padding=False)
+    hf_ids, hf_mask = _hf_ids(hf_tokenizer, [text], padding=False)
     np.testing.assert_array_equal(ids, hf_ids)
     np.testing.assert_array_equal(mask, hf_mask)
     assert ids.shape[1] <= 77 and mask.all()  # one text: no padding
-    assert ids[0, -1] == onnx_encoder._tokenizer.token_to_id("<|endoftext|>")  # end token kept
+    assert ids[0, -1] == onnx_encoder.tokenizer.tokenizer.token_to_id("<|endoftext|>")  # end token kept
 
 
-def test_a_batch_pads_like_transformers(onnx_encoder, tiny_encoder):
+def test_a_batch_pads_like_transformers(onnx_encoder, hf_tokenizer):
     ids, mask = onnx_encoder.tokenize(TEXTS)
-    hf_ids, hf_mask = _hf_ids(tiny_encoder, TEXTS, padding=True)
+    hf_ids, hf_mask = _hf_ids(hf_tokenizer, TEXTS, padding=True)
     np.testing.assert_array_equal(ids, hf_ids)
     np.testing.assert_array_equal(mask, hf_mask)
     assert ids.shape == (len(TEXTS), 77)
@@ -231,9 +240,9 @@ def test_a_batch_pads_like_transformers(onnx_encoder, tiny_encoder):
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=120), min_size=1, max_size=4))
-def test_any_text_tokenises_like_transformers(onnx_encoder, tiny_encoder, texts):
+def test_any_text_tokenises_like_transformers(onnx_encoder, hf_tokenizer, texts):
     ids, mask = onnx_encoder.tokenize(texts)
-    hf_ids, hf_mask = _hf_ids(tiny_encoder, texts, padding=len(texts) > 1)
+    hf_ids, hf_mask = _hf_ids(hf_tokenizer, texts, padding=len(texts) > 1)
     np.testing.assert_array_equal(ids, hf_ids)
     np.testing.assert_array_equal(mask, hf_mask)
 
@@ -283,7 +292,7 @@ def test_an_index_from_one_encoder_answers_the_other(onnx_encoder, tiny_encoder,
 
 def test_int8_text_tower_is_close_and_reported(onnx_dir, onnx_encoder, tmp_path):
     int8 = load_encoder(Settings(encoder="onnx", onnx_path=str(onnx_dir), onnx_text_int8=True, threads=1))
-    assert isinstance(int8, OnnxClipEncoder) and int8._files["text"].name == "text.int8.onnx"
+    assert isinstance(int8, OnnxEncoder) and int8._files["text"].name == "text.int8.onnx"
     fp32, q = onnx_encoder.encode_text(TEXTS), int8.encode_text(TEXTS)
     assert q.dtype == np.float32 and np.abs(q - fp32).max() > 0  # really another graph
     assert (q * fp32).sum(1).min() >= 0.999
@@ -293,7 +302,7 @@ def test_int8_text_tower_is_close_and_reported(onnx_dir, onnx_encoder, tmp_path)
 
 # -- the encoder's own behaviour -------------------------------------------------------------
 def test_text_load_leaves_the_image_tower_for_later_and_loads_it_once(onnx_dir, monkeypatch):
-    enc = OnnxClipEncoder(onnx_dir, threads=1)
+    enc = OnnxEncoder(onnx_dir, threads=1)
     assert enc.loaded_towers == ("text",)
     enc.encode_text(["a dog", "two cats"])
     assert enc.loaded_towers == ("text",)
@@ -316,7 +325,7 @@ def test_text_load_leaves_the_image_tower_for_later_and_loads_it_once(onnx_dir, 
 
 
 def test_encoder_interface_and_empty_batches(onnx_encoder):
-    from clipsearch.encoder import Encoder
+    from clipsearch.models import Encoder
 
     assert isinstance(onnx_encoder, Encoder)
     assert onnx_encoder.model_id == "clipsearch/tiny-test" and onnx_encoder.dim == 16
@@ -339,29 +348,34 @@ def test_pixels_of_the_wrong_shape_are_a_clear_error(onnx_encoder, shape):
 
 def test_missing_or_incomplete_exports_say_how_to_fix(onnx_dir, tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="clipsearch.export_onnx"):
-        OnnxClipEncoder(tmp_path / "nowhere")
+        OnnxEncoder(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="not describe an ONNX export"):
-        OnnxClipEncoder(tiny_model_dir)  # a torch checkpoint's manifest
-    for garbage in ("{not json", "[1, 2]", '{"format": "onnx"}', '{"format": "onnx", "towers": {}, "dim": 16}', "\xff"):
+        OnnxEncoder(tiny_model_dir)  # a torch checkpoint: its card lists no graphs
+    for garbage in ("{not json", "[1, 2]", '{"format": "onnx"}', '{"format": "onnx", "towers": {}, "dim": 16}', "\xff",
+                    '{"model_id": "m", "dim": 16, "onnx": []}', '{"model_id": "m", "dim": 16, "onnx": {"towers": 3}}',
+                    '{"model_id": "m", "onnx": {"towers": {}}}'):
         broken = tmp_path / "broken"
         broken.mkdir(exist_ok=True)
         (broken / "clipsearch_model.json").write_text(garbage)
         with pytest.raises(FileNotFoundError, match="not describe an ONNX export"):
-            OnnxClipEncoder(broken)
+            OnnxEncoder(broken)
+    (broken / "clipsearch_model.json").write_text('{"model_id": "m", "dim": 16, "family": "bert", "onnx": {"towers": {}}}')
+    with pytest.raises(ValueError, match="unknown model family 'bert'"):
+        OnnxEncoder(broken)
     text_only = tmp_path / "text-only"
     export(str(tiny_model_dir), text_only, towers=("text",))
     with pytest.raises(FileNotFoundError, match="--int8-text"):
-        OnnxClipEncoder(text_only, text_int8=True)
+        OnnxEncoder(text_only, text_int8=True)
     shutil.copytree(text_only, tmp_path / "damaged")
     (tmp_path / "damaged" / "text.onnx.data").unlink()
     with pytest.raises(ValueError, match="text.onnx.data.*re-run clipsearch.export_onnx"):
-        OnnxClipEncoder(tmp_path / "damaged")
+        OnnxEncoder(tmp_path / "damaged")
     (tmp_path / "damaged" / "text.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(ValueError, match="cannot load .*text.onnx"):
-        OnnxClipEncoder(tmp_path / "damaged")
+        OnnxEncoder(tmp_path / "damaged")
     (text_only / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
-        OnnxClipEncoder(text_only)
+        OnnxEncoder(text_only)
 
 
 def test_settings_read_onnx_text_int8():
@@ -376,7 +390,7 @@ NO_TORCH_SCRIPT = """
 import io, json, sys
 import numpy as np
 from clipsearch.config import Settings
-from clipsearch.encoder import load_encoder
+from clipsearch.models import load_encoder
 from clipsearch.images import decode_image
 from clipsearch.index import Document, open_index
 settings = Settings.from_env()
@@ -401,7 +415,7 @@ def test_onnx_path_never_imports_torch_or_transformers(onnx_dir, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["type"] == "OnnxClipEncoder" and report["hits"][0] == "b"
+    assert report["type"] == "OnnxEncoder" and report["hits"][0] == "b"
     assert report["towers"] == ["text", "vision"]
     assert report["heavy"] == []
 
@@ -411,14 +425,14 @@ def test_onnx_path_never_imports_torch_or_transformers(onnx_dir, tmp_path):
 def test_vit_b32_parity(tmp_path):
     """The deployed architecture: 12-layer towers, 512-d; random weights, so compare like DESIGN says."""
     from bench.common import vit_b32_dir
-    from clipsearch.encoder import TorchClipEncoder
+    from clipsearch.models.torch_encoder import TorchEncoder
 
     source = vit_b32_dir()
     export(str(source), tmp_path / "onnx", int8_text=True)
-    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["text_graph"] == "pooled"
-    torch_enc = TorchClipEncoder(str(source), threads=2, load=("text", "vision"))
-    onnx_enc = OnnxClipEncoder(tmp_path / "onnx", load=("text", "vision"), threads=2)
-    int8 = OnnxClipEncoder(tmp_path / "onnx", threads=2, text_int8=True)
+    assert json.loads((tmp_path / "onnx" / "clipsearch_model.json").read_text())["onnx"]["text_graph"] == "pooled"
+    torch_enc = TorchEncoder(str(source), threads=2, load=("text", "vision"))
+    onnx_enc = OnnxEncoder(tmp_path / "onnx", load=("text", "vision"), threads=2)
+    int8 = OnnxEncoder(tmp_path / "onnx", threads=2, text_int8=True)
     assert onnx_enc.model_id == torch_enc.model_id and onnx_enc.dim == torch_enc.dim == 512
     imgs, texts = images(24), TEXTS + [f"a photo of {w} number {i}" for i, w in enumerate(["dogs", "cats"] * 8)]
     for ours, theirs in ((onnx_enc.encode_text(texts), torch_enc.encode_text(texts)),
@@ -443,10 +457,11 @@ def test_onnx_requirements_are_the_runtime_without_torch():
 
     torch_side = set(requirement_names(REPO / "requirements.txt"))
     onnx_side = set(requirement_names(REPO / "requirements-onnx.txt"))
-    assert {"torch", "transformers", "safetensors"} <= torch_side
-    assert onnx_side == (torch_side - {"torch", "transformers", "safetensors"}) | {"onnxruntime"}
+    torch_only = {"torch", "transformers", "safetensors", "sentencepiece"}
+    assert torch_only <= torch_side
+    assert onnx_side == (torch_side - torch_only) | {"onnxruntime"}
     # Nothing pulls torch or transformers back in transitively (as installed here).
-    assert not {"torch", "transformers"} & set(closure(REPO / "requirements-onnx.txt"))
+    assert not {"torch", "transformers", "sentencepiece"} & set(closure(REPO / "requirements-onnx.txt"))
     assert "torch" in closure(REPO / "requirements.txt")
 
 

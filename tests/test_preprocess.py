@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from clipsearch.images import decode_image
-from clipsearch.preprocess import PreprocessConfig, resize_and_crop, to_pixels
+from clipsearch.models.preprocess import PreprocessConfig, resize_and_crop, to_pixels
 from conftest import make_image
 from peak_memory import preprocess_peak_growth
 

@@ -242,7 +242,7 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
 
     import huggingface_hub
 
-    from clipsearch.encoder import resolve_model_id
+    from clipsearch.models import resolve_model_id
     from server import download_model
 
     calls = {}
@@ -250,7 +250,8 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
     class FakeApi:
         def list_repo_files(self, repo_id, revision=None):
             calls["listed"] = repo_id
-            return ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "tokenizer.json"]
+            return ["config.json", "model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
+                    "open_clip_pytorch_model.bin", "tf_model.h5", "tokenizer.json"]
 
     def fake_snapshot(repo_id, revision=None, local_dir=None, allow_patterns=None):
         calls["patterns"] = allow_patterns
@@ -262,8 +263,12 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     assert download_model.main(["openai/clip-vit-base-patch32", str(tmp_path / "model")]) == 0
     assert calls["listed"] == "openai/clip-vit-base-patch32"
-    assert calls["patterns"] == ["*.json", "*.txt", "*.safetensors"]  # no .bin, .h5 or msgpack
+    # transformers' safetensors only (not open_clip's copy, no .bin, .h5 or msgpack); SigLIP's
+    # SentencePiece model (spiece.model) comes along
+    assert calls["patterns"] == ["*.json", "*.txt", "*.model", "model*.safetensors"]
     assert resolve_model_id(str(tmp_path / "model")) == "openai/clip-vit-base-patch32"
     assert download_model.weight_patterns(["pytorch_model.bin", "config.json"]) == ["pytorch_model.bin"]
+    assert download_model.weight_patterns(["weights.safetensors", "open_clip_model.safetensors"]) == ["*.safetensors"]
+    assert download_model.weight_patterns(["open_clip_model.safetensors", "pytorch_model.bin"]) == ["pytorch_model.bin"]
     with pytest.raises(SystemExit, match="no safetensors"):
         download_model.weight_patterns(["tf_model.h5"])

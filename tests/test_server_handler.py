@@ -127,6 +127,14 @@ def test_a_random_weight_model_is_flagged_in_every_answer(app, settings, tiny_en
     assert call(app, proxy_event(None, method="GET", path="/health"))[2]["random_weights"] is False
 
 
+def test_the_answer_says_which_model_and_family_scored_it(app):
+    """Scores are cosines for every family, on each family's own scale: the answer names both."""
+    status, _, body = search(app, query="two dogs", input_type="text", k=2)
+    assert status == 200 and body["model"] == "clipsearch/tiny-test" and body["family"] == "clip"
+    health = call(app, proxy_event(None, method="GET", path="/health"))[2]
+    assert health["family"] == "clip" and health["suggested_min_score"] == 0.28
+
+
 # ----------------------------------------------------------------------------- input types
 def test_image_query_finds_the_same_image_first(app):
     b64 = base64.b64encode(make_image(5, size=(64, 48))).decode()
@@ -387,7 +395,7 @@ def test_onnx_app_takes_its_thread_count_from_the_cpu_share(monkeypatch, setting
         built["threads"] = s.threads
         raise RuntimeError("stop here")  # the thread count is all this test needs
 
-    monkeypatch.setattr("clipsearch.encoder.load_encoder", fake_load_encoder)
+    monkeypatch.setattr("clipsearch.models.load_encoder", fake_load_encoder)
     app = App(Settings(**{**settings.__dict__, "encoder": "onnx", "threads": None}))
     assert built["threads"] == 1 and app.init_error is not None
 

@@ -1,18 +1,23 @@
-"""CLIP through ONNX Runtime: the query path without torch or transformers.
+"""The ONNX Runtime encoder: the query path without torch or transformers, for every family.
 
 Reads a directory written by `python -m clipsearch.export_onnx`: `text.onnx`, `vision.onnx`,
-`tokenizer.json`, `preprocessor_config.json` and the manifest `clipsearch_model.json`. Only
-onnxruntime, tokenizers, numpy and PIL are imported, which is what makes a cold start cheap
-(`import torch, transformers` alone costs about 3.9 s on 2 cores; these about 0.12 s).
+`tokenizer.json`, `preprocessor_config.json` and the model card `clipsearch_model.json`, whose
+`onnx` section lists the graphs. Only onnxruntime, tokenizers, numpy and PIL are imported, which
+is what makes a cold start cheap (`import torch, transformers` alone costs about 3.9 s on 2
+cores; these about 0.12 s).
 
-Output matches `TorchClipEncoder`: the same tokenisation (one text unpadded, truncated at 77
-tokens keeping the end token, batches right-padded), the same image preprocessing
-(clipsearch.preprocess), L2-normalised float32 vectors.
+Output matches `TorchEncoder`: the same tokenisation (`clipsearch.models.tokenizer`, by the
+family's rule), the same image preprocessing (`clipsearch.models.preprocess`), L2-normalised
+float32 vectors.
+
+Weights stay in the `.data` files beside the graphs, which ONNX Runtime memory-maps rather than
+copies (measured: a 256,000 x 768 float32 Gather table, 789 MB on disk, leaves a process at 76 MB
+RSS after a query), so a text query pages in only the embedding rows its tokens use: what keeps
+SigLIP 2's 256k-entry table from costing its full size in memory.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -20,30 +25,30 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from clipsearch.encoder import MAX_TEXT_TOKENS, l2_normalize
 from clipsearch.errors import InvalidInput
-from clipsearch.preprocess import PreprocessConfig, preprocess_images
+from clipsearch.models.card import CARD_FILE, ModelCard, read_card
+from clipsearch.models.encoder import l2_normalize
+from clipsearch.models.families import get as get_family
+from clipsearch.models.preprocess import PreprocessConfig, preprocess_images
+from clipsearch.models.tokenizer import TextTokenizer
 
-MANIFEST = "clipsearch_model.json"  # same name as export_onnx.MANIFEST, which imports torch lazily
 
-
-def read_manifest(path: Path) -> dict:
-    """The export's manifest, or a FileNotFoundError saying how to make one."""
-    file = path / MANIFEST
+def read_export_card(path: Path) -> ModelCard:
+    """The export's card, or a FileNotFoundError saying how to make one."""
+    file = path / CARD_FILE
     if not file.is_file():
         raise FileNotFoundError(
-            f"{path} is not an ONNX export (no {MANIFEST}): create one with "
+            f"{path} is not an ONNX export (no {CARD_FILE}): create one with "
             f"`python -m clipsearch.export_onnx SOURCE {path}` and point ONNX_PATH at it")
-    try:
-        manifest = json.loads(file.read_text())
-    except (ValueError, UnicodeDecodeError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != "onnx" or not {"model_id", "dim", "towers"} <= set(manifest):
+    card = read_card(path)
+    onnx = card.onnx if card else None
+    if (not card or not card.model_id or not card.dim or not isinstance(onnx, dict)
+            or not isinstance(onnx.get("towers"), dict)):
         raise FileNotFoundError(f"{file} does not describe an ONNX export: re-run clipsearch.export_onnx")
-    return manifest
+    return card
 
 
-class OnnxClipEncoder:
+class OnnxEncoder:
     """The `Encoder` interface over ONNX Runtime sessions; the image tower's session loads lazily."""
 
     def __init__(
@@ -55,26 +60,27 @@ class OnnxClipEncoder:
         text_int8: bool = False,
     ):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        self.model_id: str = self.manifest["model_id"]
-        self.random_weights = self.manifest.get("random_weights") is True  # exported from a stand-in
-        self._dim = int(self.manifest["dim"])
+        self.card = read_export_card(self.path)
+        self.onnx = self.card.onnx
+        self.family_spec = get_family(self.card.family or "clip")
+        self.family = self.family_spec.name
+        self.model_id: str = self.card.model_id
+        self.random_weights = self.card.random_weights  # exported from a stand-in
+        self._dim = int(self.card.dim)
         self.threads = threads
         self.text_int8 = text_int8
-        self.preprocess_config = PreprocessConfig.from_pretrained(self.path)
+        self.preprocess_config = PreprocessConfig.from_pretrained(self.path, self.family_spec)
         self._files = self._tower_files(text_int8)
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._tokenizer = None
-        self._pad_id = 0
-        self._max_tokens = int(self.manifest.get("max_text_tokens", MAX_TEXT_TOKENS))
+        self._tokenizer: TextTokenizer | None = None
         for tower in load:
             self._session(tower)
 
     def _tower_files(self, text_int8: bool) -> dict[str, Path]:
-        files = {t: self.path / f for t, f in self.manifest["towers"].items()}
+        files = {t: self.path / f for t, f in self.onnx["towers"].items()}
         if text_int8:
-            int8 = self.manifest.get("quantization", {}).get("text_int8")
+            int8 = self.onnx.get("quantization", {}).get("text_int8")
             if not int8:
                 raise FileNotFoundError(
                     f"ONNX_TEXT_INT8 is set but {self.path} has no int8 text tower: export with --int8-text")
@@ -104,7 +110,10 @@ class OnnxClipEncoder:
                                f"{'image' if which == 'vision' else 'text'} queries are not available")
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: re-run clipsearch.export_onnx into {self.path}")
-        if which == "text":
+        if which == "text" and self._tokenizer is None:
+            # Once: a SigLIP 2 tokenizer (256k entries, 16 MB of JSON) takes ~0.5 s to load and holds
+            # the GIL meanwhile, so loading it in a thread beside the session gains nothing
+            # (measured on the SigLIP 2 B/16 stand-in: 0.65-1.2 s overlapped, 0.6-1.16 s in turn).
             self._load_tokenizer()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -124,28 +133,15 @@ class OnnxClipEncoder:
             raise ValueError(f"cannot load {file} ({exc}): re-run clipsearch.export_onnx into {self.path}") from exc
 
     def _load_tokenizer(self) -> None:
-        from tokenizers import Tokenizer
+        try:
+            self._tokenizer = TextTokenizer.from_dir(self.path, self.family_spec.text)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}: re-run clipsearch.export_onnx into {self.path}") from None
 
-        file = self.path / "tokenizer.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{file} is missing: re-run clipsearch.export_onnx into {self.path}")
-        tok = Tokenizer.from_file(str(file))
-        tok.no_padding()  # padding is ours to do per batch (a shared tokenizer's state is not)
-        # The post-processor reserves room for the start and end tokens: the end token survives.
-        tok.enable_truncation(max_length=self._max_tokens)
-        self._pad_id = self._pad_token_id(tok)
-        self._tokenizer = tok
-
-    def _pad_token_id(self, tok) -> int:
-        """The pad token transformers would use: tokenizer_config's, else the end token."""
-        cfg_file = self.path / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-        for key in ("pad_token", "eos_token"):
-            token = cfg.get(key)
-            token = token.get("content") if isinstance(token, dict) else token
-            if token and tok.token_to_id(token) is not None:
-                return int(tok.token_to_id(token))
-        return 0
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        self._session("text")
+        return self._tokenizer
 
     @property
     def loaded_towers(self) -> tuple[str, ...]:
@@ -157,19 +153,11 @@ class OnnxClipEncoder:
 
     # -- encoding --------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """int64 input_ids and attention_mask, right-padded to the longest text."""
-        self._session("text")
-        encodings = self._tokenizer.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        return ids, mask
+        """int64 input_ids and attention_mask, padded by the family's rule."""
+        return self.tokenizer(list(texts))
 
     def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Texts to an (N, dim) array. One text is not padded; long texts are truncated at 77."""
+        """Texts to an (N, dim) array, tokenised by the family's rule (long texts truncated)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -179,7 +167,9 @@ class OnnxClipEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         session = self._session("text")
         ids, mask = self.tokenize(texts)
-        (out,) = session.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})
+        given = {"input_ids": ids, "attention_mask": mask}
+        # The graph's own inputs: SigLIP's takes no mask (it attends to its padding).
+        (out,) = session.run(["text_embeds"], {i.name: given[i.name] for i in session.get_inputs()})
         return l2_normalize(out)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
