@@ -27,8 +27,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from clipsearch.encoder import Encoder
-from clipsearch.errors import ImageTooLarge
+from clipsearch.errors import DocumentsRejected, ImageTooLarge
 from clipsearch.index import Document, VectorIndex
+from clipsearch.index.base import id_problem
 from clipsearch.schema import orientation
 from ingest.cache import EmbeddingCache, NoCache
 from ingest.decode import Decoded, DecodeLimits, decode_chunk, normalize_batch
@@ -270,6 +271,10 @@ class Pipeline:
             self.summary.fail(item.key, f"unreadable: {exc.strerror or exc}")
             return None
         doc_id = item.doc_id or hashlib.sha256(data).hexdigest()
+        problem = id_problem(doc_id)
+        if problem is not None:  # a source's id no index can hold (say, over 512 bytes)
+            self.summary.fail(item.key, f"bad_id: {problem}")
+            return None
         if doc_id in self._seen:
             self.summary.skipped["duplicate content"] += 1
             self.done[item.key] = doc_id
@@ -345,8 +350,16 @@ class Pipeline:
         if not self._ready:
             return
         ready, self._ready = self._ready, []
-        self.summary.indexed += self.index.upsert([doc for _, doc in ready])
+        try:
+            self.summary.indexed += self.index.upsert([doc for _, doc in ready])
+            rejected: dict[str, str] = {}
+        except DocumentsRejected as exc:  # the others are written: report these, go on
+            self.summary.indexed += exc.written
+            rejected = exc.rejected
         for key, doc in ready:
+            if doc.id in rejected:
+                self.summary.fail(key, f"rejected_by_index: {rejected[doc.id]}")
+                continue
             self.done[key] = doc.id
             self.indexed_ids.add(doc.id)
         self.progress.update("index", len(ready))
