@@ -21,6 +21,7 @@ PAUSED = {"index.refresh_interval": "-1", "index.number_of_replicas": 0}
 # A force merge may take hours on a large index; past this bound the load completes anyway
 # (the merge goes on in the cluster) and the log says so.
 MERGE_WAIT_S = 6 * 3600.0
+MERGE_STALL_S = 300.0  # no fewer segments for this long: the merge request is sent again
 HEALTH_WAIT_S = 300  # replicas allocated after the load, before the graphs are warmed
 WARMUP_TIMEOUT_S = 900.0
 SETTLE_WAIT_S = 600.0  # Serverless: refresh every 10-60 s, plus scans and deletes
@@ -75,8 +76,35 @@ def force_merge(client, index: str, guard: Guard, wait_s: float = MERGE_WAIT_S) 
     The request asks not to wait (`wait_for_completion=false`, OpenSearch 2.7+: the API
     specification's indices.forcemerge parameters); progress is then read from the segment
     count. A merge can outlast any HTTP timeout (a load balancer answers 504 to a long idle
-    request), so a dropped or timed-out request is not a failure either: the count is polled
-    the same way."""
+    request), so a dropped or timed-out request is not a failure either: the count is polled the
+    same way, and when it stops falling for MERGE_STALL_S the request is sent again (a merge
+    asked for twice runs once: the second finds the segments merged)."""
+    deadline = time.monotonic() + wait_s
+    shards = _primaries(client, index, guard)
+    _ask_merge(client, index, guard)
+    best, moved = None, time.monotonic()
+    for delay in poll_delays():
+        with guard("reading segment counts"):
+            got = client.indices.stats(index=index, metric="segments")
+        segments = int(got["indices"][index]["primaries"]["segments"]["count"])
+        if segments <= shards:
+            log.info("force merge of %s done: %d segment(s) over %d shard(s)", index, segments, shards)
+            return True
+        if best is None or segments < best:
+            best, moved = segments, time.monotonic()
+        elif time.monotonic() - moved > MERGE_STALL_S:
+            log.warning("force merge of %s: %d segments for %.0f s; asking again", index, segments, MERGE_STALL_S)
+            _ask_merge(client, index, guard)
+            moved = time.monotonic()
+        if time.monotonic() + delay > deadline:
+            log.warning("force merge of %s still running after %.0f s (%d segments); the load completes "
+                        "without waiting for it", index, wait_s, segments)
+            return False
+        time.sleep(delay)
+    return False  # pragma: no cover - poll_delays never ends
+
+
+def _ask_merge(client, index: str, guard: Guard) -> None:
     from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
 
     try:
@@ -85,25 +113,10 @@ def force_merge(client, index: str, guard: Guard, wait_s: float = MERGE_WAIT_S) 
         log.warning("force merge of %s: the request ended without an answer (%s); polling the segment count",
                     index, type(exc).__name__)
     except TransportError as exc:
-        if not isinstance(exc.status_code, int) or exc.status_code not in (502, 503, 504):
+        if not isinstance(exc.status_code, int) or exc.status_code not in (429, 502, 503, 504):
             with guard("force-merging"):
                 raise
         log.warning("force merge of %s: HTTP %s; polling the segment count", index, exc.status_code)
-    deadline = time.monotonic() + wait_s
-    shards = _primaries(client, index, guard)
-    for delay in poll_delays():
-        with guard("reading segment counts"):
-            got = client.indices.stats(index=index, metric="segments")
-        segments = int(got["indices"][index]["primaries"]["segments"]["count"])
-        if segments <= shards:
-            log.info("force merge of %s done: %d segment(s) over %d shard(s)", index, segments, shards)
-            return True
-        if time.monotonic() + delay > deadline:
-            log.warning("force merge of %s still running after %.0f s (%d segments); the load completes "
-                        "without waiting for it", index, wait_s, segments)
-            return False
-        time.sleep(delay)
-    return False  # pragma: no cover - poll_delays never ends
 
 
 # -- warmup ---------------------------------------------------------------------------------------
