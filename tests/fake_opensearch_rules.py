@@ -225,10 +225,10 @@ def _check_knn_field(name: str, p: dict, version: str, service: str) -> None:
         v = params.get(key, 1)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise bad(f"Validation Failed: 1: '{key}' must be an integer > 0", "mapper_parsing_exception")
-    _check_compression(engine, mode, comp, version)
+    check_compression(engine, mode, comp, version)
 
 
-def _check_compression(engine: str, mode: str | None, comp: str | None, version: str) -> None:
+def check_compression(engine: str, mode: str | None, comp: str | None, version: str) -> None:
     if engine not in COMPRESSIONS:
         if comp not in (None, "1x"):  # k-NN NmslibMethodResolver.SUPPORTED_COMPRESSION_LEVELS = {x1}
             raise bad(f'"{engine}" does not support "{comp}" compression', "mapper_parsing_exception")

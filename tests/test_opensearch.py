@@ -696,3 +696,55 @@ def test_bulk_requests_name_their_index_in_the_url_only():
         r = requests.post(f"{fake.url}/{index.index}/_bulk", data=raw, headers={"Content-Type": "application/x-ndjson"},
                           timeout=5)
         assert r.status_code == 400 and "explicit index in bulk is not allowed" in r.text
+
+
+# -- the engine's rules, checked on every cluster (the fake's table must be the engine's) ----------
+@pytest.mark.parametrize("engine, mode, compression", [
+    ("faiss", None, "2x"), ("faiss", None, "4x"), ("faiss", "on_disk", None), ("faiss", "on_disk", "1x"),
+    ("faiss", "on_disk", "16x"), ("lucene", None, "2x"), ("lucene", None, "4x"), ("lucene", "on_disk", None),
+    ("lucene", "on_disk", "1x"), ("lucene", None, "8x"),
+])
+def test_compression_table_is_the_engines(cluster, engine, mode, compression):
+    """The fake's table (fake_opensearch_rules, from the k-NN resolvers) against what the cluster
+    does, for the cluster's own version; and clipsearch refuses all the cluster refuses."""
+    from opensearchpy.exceptions import RequestError
+
+    from fake_opensearch_rules import ApiError, check_compression
+
+    client = cluster.client()
+    version = client.info()["version"]["number"]
+    try:
+        check_compression(engine, mode, compression, version)
+        expected = True
+    except ApiError:
+        expected = False
+    vector = {"type": "knn_vector", "dimension": 4,
+              "method": {"name": "hnsw", "engine": engine, "space_type": "innerproduct"}}
+    vector.update({k: v for k, v in (("mode", mode), ("compression_level", compression)) if v})
+    name = f"{cluster.alias}-table"
+    try:
+        client.indices.create(index=name, body={"settings": {"index": {"knn": True, "number_of_replicas": 0}},
+                                                "mappings": {"properties": {"v": vector}}})
+        created = True
+        client.indices.delete(index=name)
+    except RequestError:
+        created = False
+    assert created is expected, (engine, mode, compression, version)
+    if not created:  # whatever the cluster refuses, clipsearch refuses before sending it
+        with pytest.raises(ValueError):
+            om.check_options(engine, "float", mode, compression, 16, 100, 100)
+
+
+def test_merge_once_and_warmup_on_the_cluster(cluster):
+    settings = cluster.settings(opensearch_force_merge=True)
+    index = open_ingest(settings)
+    ds, vecs = docs(60, seed=12)
+    with index.loading():
+        for start in range(0, 60, 20):
+            index.upsert(ds[start:start + 20])
+            index.save()
+    stats = cluster.client().indices.stats(index=index.index, metric="segments")
+    assert stats["indices"][index.index]["primaries"]["segments"]["count"] <= 1
+    got = cluster.client().transport.perform_request("GET", f"/_plugins/_knn/warmup/{index.index}")
+    assert got["_shards"]["failed"] == 0
+    assert index.search(vecs[4], k=1)[0].id == "p4"
