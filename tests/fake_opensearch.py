@@ -6,7 +6,8 @@ request as the engine does and answering in OpenSearch's shapes (errors as `{"er
 "type", "reason"}, "status"}`). tests/FAKE_OPENSEARCH.md lists what is modelled, with sources, and
 what is not; the rules live in fake_opensearch_rules.py (settings, mappings, names),
 fake_opensearch_docs.py (documents), fake_opensearch_query.py (queries) and
-fake_opensearch_aliases.py (aliases). This module is the server, its state and the faults.
+fake_opensearch_aliases.py (aliases); fake_opensearch_write.py and fake_opensearch_search.py are the
+document and search endpoints. This module is the server, its state, the routing and the faults.
 
     GET|HEAD /                      PUT|GET|DELETE|HEAD /{index}     GET|PUT /{index}/_mapping
     GET|PUT /{index}/_settings      POST /_aliases, /{index}/_alias/{name} and the other alias forms
@@ -27,7 +28,6 @@ Auth on demand: basic, or SigV4 with the signature recomputed from registered se
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import re
@@ -40,19 +40,13 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from fake_opensearch_aliases import AliasApi
-from fake_opensearch_docs import auto_id, check_document, check_id
-from fake_opensearch_query import Searcher, field_value, filter_source, typed
 from fake_opensearch_rules import (DEFAULT_SETTINGS, STATIC_SETTINGS, URL_PARAMS, ApiError, _seconds, bad,
                                    check_dynamic, check_index_name, check_mappings, check_properties, check_setting,
                                    flat_settings, no_index)
+from fake_opensearch_search import SearchApi
+from fake_opensearch_write import SHARDS_OK, WriteApi, _json
 
 __all__ = ["FakeOpenSearch", "ApiError", "check_index_name"]
-SHARDS_OK = {"total": 1, "successful": 1, "failed": 0}
-# Amazon OpenSearch Serverless: "Document ID is not supported in create/index operation request",
-# a 400 illegal_argument_exception per bulk item (opensearch-project/opensearch-py issue 792,
-# langchain-ai/langchainjs issue 4346), from "For time series and vector search collections, you
-# can't index by custom document ID" (developer guide, "What is Amazon OpenSearch Serverless?").
-AOSS_CUSTOM_ID = "Document ID is not supported in create/index operation request"
 
 
 @dataclass
@@ -114,7 +108,7 @@ class FakeIndex:
         return self.segments
 
 
-class FakeOpenSearch(AliasApi):
+class FakeOpenSearch(AliasApi, WriteApi, SearchApi):
     def __init__(self, *, basic_auth: tuple[str, str] | None = None, sigv4: tuple[str, str] | None = None,
                  version: str = "3.1.0", service: str = "es", allow_explicit_index: bool = True,
                  refresh_seconds: float = 1.0, merge_seconds: float = 0.0):
@@ -471,278 +465,6 @@ class FakeOpenSearch(AliasApi):
             self.indices[n].warmups += 1
         return 200, {"_shards": {"total": len(names), "successful": len(names), "failed": 0}}
 
-    # -- documents ---------------------------------------------------------------------------
-    def _write_target(self, name: str, *, create: bool) -> FakeIndex:
-        names = self.resolve(name, allow_missing=True)
-        if not names:
-            if not create or any(c in name for c in "*?,"):
-                raise no_index(name)
-            # action.auto_create_index defaults to true (OpenSearch: action/support/AutoCreateIndex);
-            # spec tests/default/_core/bulk.yaml creates `movies` with a bulk request.
-            self.create_index(name, {}, auto=True)
-            names = [name]
-        if len(names) > 1:
-            raise bad(f"no write index is defined for alias [{name}]. The write index may be explicitly disabled "
-                      "using is_write_index=false or the alias points to multiple indices without one being "
-                      "designated as a write index")
-        return self.indices[names[0]]
-
-    def write(self, op: str, index_name: str, doc_id: str | None, doc: Any) -> dict:
-        """One index/create/update/delete; the bulk item (status included) it answers."""
-        out: dict[str, Any] = {"_index": index_name, "_id": doc_id}
-        try:
-            idx = self._write_target(index_name, create=op != "delete")
-            out["_index"] = idx.name
-            if op == "delete":
-                existed = idx.docs.pop(doc_id, None) is not None
-                if existed:
-                    idx.versions[doc_id] += 1
-                    idx.last_write, idx.dirty = time.monotonic(), True
-                return {**out, "_version": idx.versions.get(doc_id, 1), "result": "deleted" if existed else "not_found",
-                        "_shards": SHARDS_OK, "status": 200 if existed else 404}
-            if self.aoss and doc_id is not None and op in ("index", "create"):
-                raise bad(AOSS_CUSTOM_ID)
-            if op == "update":
-                doc = self._updated(idx, doc_id, doc)
-            if isinstance(doc, Exception) or not isinstance(doc, dict):
-                raise bad(f"failed to parse: {doc}", "mapper_parsing_exception")
-            doc_id = doc_id if doc_id is not None else auto_id()
-            out["_id"] = doc_id
-            if op == "create" and doc_id in idx.docs:
-                raise ApiError(409, "version_conflict_engine_exception", f"[{doc_id}]: version conflict, document already exists")
-            added = check_document(idx.props, str(idx.mappings.get("dynamic", "true")).lower(), doc, doc_id,
-                                   idx.settings.get("index.mapping.ignore_malformed") == "true")
-            idx.props.update(added)
-            existed = doc_id in idx.docs
-            idx.docs[doc_id] = doc
-            idx.versions[doc_id] = idx.versions.get(doc_id, 0) + 1
-            idx.last_write, idx.dirty = time.monotonic(), True
-            return {**out, "_version": idx.versions[doc_id], "result": "updated" if existed else "created",
-                    "_shards": SHARDS_OK, "status": 200 if existed else 201}
-        except ApiError as e:
-            return {**out, "status": e.status, "error": {"type": e.type, "reason": e.reason}}
-
-    @staticmethod
-    def _updated(idx: FakeIndex, doc_id: str | None, spec: Any) -> dict:
-        """A partial update ({"doc": ...}); scripts are not modelled."""
-        if not isinstance(spec, dict) or "doc" not in spec or set(spec) - {"doc", "_source", "doc_as_upsert"}:
-            raise bad("the fake models partial updates ({\"doc\": ...}) only, not scripts or upserts")
-        if doc_id not in idx.docs:
-            raise ApiError(404, "document_missing_exception", f"[{doc_id}]: document missing")
-        return {**idx.docs[doc_id], **spec["doc"]}
-
-    def document(self, method: str, target: str, op: str, doc_id: str | None, body: bytes,
-                 query: dict) -> tuple[int, Any]:
-        problem = check_id(doc_id)
-        if problem:
-            raise bad(f"Validation Failed: 1: {problem};", "action_request_validation_exception")
-        if method in ("GET", "HEAD") and op == "_doc" and doc_id is not None:
-            idx = self._write_target(target, create=False)
-            src = idx.docs.get(doc_id)  # GET by id is real-time
-            if src is None:
-                return 404, None if method == "HEAD" else {"_index": idx.name, "_id": doc_id, "found": False}
-            return 200, None if method == "HEAD" else {"_index": idx.name, "_id": doc_id,
-                                                      "_version": idx.versions[doc_id], "found": True, "_source": src}
-        if method == "DELETE" and op == "_doc" and doc_id is not None:
-            item = self.write("delete", target, doc_id, None)
-        elif method in ("PUT", "POST") and (doc_id is not None or (op == "_doc" and method == "POST")):
-            item = self.write("create" if op == "_create" else "index", target, doc_id, _json(body))
-        else:
-            raise bad(f"no handler found for uri [/{target}/{op}] and method [{method}]")
-        if "error" in item:
-            raise ApiError(item["status"], item["error"]["type"], item["error"]["reason"])
-        if query.get("refresh") in ("true", "", "wait_for"):
-            self.indices[item["_index"]].refresh()
-        return item.pop("status"), item
-
-    def bulk(self, path_index: str | None, body: bytes, headers, query: dict) -> tuple[int, Any]:
-        ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
-        if ctype not in ("application/json", "application/x-ndjson"):
-            raise ApiError(406, "content_type_header_exception", f"Content-Type header [{ctype}] is not supported")
-        parsed = self._parse_bulk(path_index, body)
-        fault = self._take_fault("POST", "/_bulk", ("items",))
-        items = []
-        for n, (op, meta, doc) in enumerate(parsed):
-            index_name = meta.get("_index") or path_index
-            if fault is not None and n % fault.every == 0:
-                # OpenSearchRejectedExecutionException, named by OpenSearchException.getExceptionName
-                # (the "OpenSearch" prefix dropped, underscore case)
-                items.append({op: {"_index": index_name, "_id": meta.get("_id"), "status": fault.status,
-                                   "error": {"type": "rejected_execution_exception" if fault.status == 429
-                                             else "unavailable_shards_exception",
-                                             "reason": "rejected execution (fake fault)"}}})
-                continue
-            items.append({op: self.write(op, index_name, meta.get("_id"), doc)})
-        if query.get("refresh") in ("true", "", "wait_for"):
-            for item in items:
-                name = next(iter(item.values()))["_index"]
-                if name in self.indices:
-                    self.indices[name].refresh()
-        # A failed item carries "error"; a delete of a missing document is a 404 without one and
-        # leaves errors false (spec tests/default/_core/bulk.yaml, "Delete document in an index").
-        errors = any("error" in next(iter(it.values())) for it in items)
-        return 200, {"took": 1, "errors": errors, "items": items}
-
-    def _parse_bulk(self, path_index: str | None, body: bytes) -> list[tuple[str, dict, Any]]:
-        """The bulk body's actions, or the 400 that refuses the whole request (OpenSearch:
-        action/bulk/BulkRequestParser, BulkRequest.validate)."""
-        if not body:
-            raise bad("Validation Failed: 1: no requests added;", "action_request_validation_exception")
-        if not body.endswith(b"\n"):
-            raise bad("The bulk request must be terminated by a newline [\\n]")
-        lines = body.decode("utf-8").split("\n")[:-1]
-        parsed: list[tuple[str, dict, Any]] = []
-        i = 0
-        while i < len(lines):
-            try:
-                action = json.loads(lines[i])
-            except json.JSONDecodeError:
-                raise bad(f"Malformed action/metadata line [{i + 1}], expected START_OBJECT but found [VALUE_STRING]")
-            if not isinstance(action, dict) or len(action) != 1:
-                raise bad(f"Malformed action/metadata line [{i + 1}], expected FIELD_NAME but found [END_OBJECT]")
-            (op, meta), = action.items()
-            if op not in ("index", "create", "delete", "update"):
-                raise bad(f"Malformed action/metadata line [{i + 1}], expected one of [create, delete, index, update] "
-                          f"but found [{op}]")
-            extra = set(meta) - {"_index", "_id", "routing", "version", "version_type", "if_seq_no", "if_primary_term",
-                                 "pipeline", "require_alias", "retry_on_conflict"}
-            if extra:
-                raise bad(f"Action/metadata line [{i + 1}] contains an unknown parameter [{sorted(extra)[0]}]")
-            if "_index" in meta and not self.allow_explicit_index:
-                raise bad("explicit index in bulk is not allowed")
-            if not meta.get("_index") and not path_index:
-                raise bad("Validation Failed: 1: index is missing;", "action_request_validation_exception")
-            if op == "delete" and meta.get("_id") is None:
-                raise bad("Validation Failed: 1: id is missing;", "action_request_validation_exception")
-            doc: Any = None
-            if op != "delete":
-                i += 1
-                if i >= len(lines):
-                    raise bad("Validation Failed: 1: source is missing;", "action_request_validation_exception")
-                try:
-                    doc = json.loads(lines[i])
-                except json.JSONDecodeError as exc:
-                    doc = exc
-            parsed.append((op, meta, doc))
-            i += 1
-        problems = [p for p in (check_id(meta.get("_id")) for _, meta, _ in parsed) if p]
-        if problems:
-            raise bad("Validation Failed: " + "".join(f"{n + 1}: {p};" for n, p in enumerate(problems)),
-                      "action_request_validation_exception")
-        return parsed
-
-    # -- search ----------------------------------------------------------------------------
-    def _visible(self, target: str) -> list[FakeIndex]:
-        out = [self.indices[n] for n in self.resolve(target)]
-        for idx in out:
-            idx.maybe_auto_refresh(self._interval(idx))
-        return out
-
-    def count(self, target: str, body: dict) -> tuple[int, Any]:
-        if set(body) - {"query"}:
-            raise bad(f"request does not support [{sorted(set(body) - {'query'})[0]}]", "parsing_exception")
-        q = body.get("query", {"match_all": {}})
-        indices = self._visible(target)
-        for idx in indices:
-            Searcher(idx).validate(q)
-        n = sum(1 for idx in indices for i, s in idx.visible.items() if Searcher(idx).matches(q, s, i))
-        return 200, {"count": n, "_shards": {"total": len(indices), "successful": len(indices), "skipped": 0,
-                                            "failed": 0}}
-
-    def search(self, target: str, body: dict, query: dict) -> tuple[int, Any]:
-        extra = set(body) - {"query", "size", "from", "_source", "min_score", "sort", "search_after", "track_total_hits"}
-        if extra:
-            raise bad(f"Unknown key for a START_OBJECT in [{sorted(extra)[0]}].", "parsing_exception")
-        size, frm = body.get("size", 10), body.get("from", 0)
-        if not isinstance(size, int) or size < 0 or frm + size > 10000:
-            raise bad("Result window is too large, from + size must be less than or equal to: [10000]")
-        q = body.get("query", {"match_all": {}})
-        hits: list[tuple[float, str, FakeIndex]] = []
-        for idx in self._visible(target):
-            s = Searcher(idx)
-            if isinstance(q, dict) and list(q) == ["knn"]:
-                hits += [(score, i, idx) for score, i in s.knn(q["knn"])]
-            else:
-                s.validate(q)
-                hits += [(1.0, i, idx) for i, src in idx.visible.items() if s.matches(q, src, i)]
-        if "min_score" in body:
-            hits = [h for h in hits if h[0] >= body["min_score"]]
-        sort = _sort_spec(body.get("sort"), query.get("sort"))
-        if sort:
-            ranked = self._sorted(hits, sort, body.get("search_after"))
-        elif "search_after" in body:
-            raise bad("Sort must contain at least one field.", "search_phase_execution_exception")
-        else:
-            ranked = [(h, None) for h in sorted(hits, key=lambda h: -h[0])]
-        page = ranked[frm:frm + size]
-        out = []
-        for (score, doc_id, idx), values in page:
-            hit: dict[str, Any] = {"_index": idx.name, "_id": doc_id, "_score": None if sort else score}
-            src = filter_source(idx.visible[doc_id], body.get("_source", True))
-            if src is not None:
-                hit["_source"] = src
-            if sort:
-                hit["sort"] = values
-            out.append(hit)
-        return 200, {"took": 1, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
-                     "hits": {"total": {"value": len(ranked), "relation": "eq"},
-                              "max_score": None if sort else max((h[0][0] for h in page), default=None),
-                              "hits": out}}
-
-    @staticmethod
-    def _sorted(hits: list, sort: list[tuple[str, str]], after: Any) -> list[tuple[tuple, list]]:
-        """(hit, sort values) in sort order, those after `search_after` only. Missing values sort
-        last in either order (the `missing: _last` default)."""
-        ranked = []
-        for h in hits:
-            values = []
-            for fname, _ in sort:
-                prop, kind = Searcher(h[2]).sort_key(fname)
-                v = typed(prop, field_value(h[2].visible[h[1]], fname, h[2].props))
-                values.append(int(v) if v is not None and kind in ("integer", "long") else v)
-            ranked.append((h, values))
-
-        def compare(a: list, b: list) -> int:
-            for (_, order), x, y in zip(sort, a, b):
-                if x == y:
-                    continue
-                if x is None or y is None:
-                    return 1 if x is None else -1
-                return (-1 if x < y else 1) * (1 if order == "asc" else -1)
-            return 0
-
-        ranked.sort(key=functools.cmp_to_key(lambda a, b: compare(a[1], b[1])))
-        if after is None:
-            return ranked
-        if not isinstance(after, list) or len(after) != len(sort):
-            raise bad("search_after has a different number of sort values than sort", "parsing_exception")
-        return [r for r in ranked if compare(r[1], after) > 0]
-
-
-def _sort_spec(body_sort: Any, url_sort: str | None) -> list[tuple[str, str]]:
-    """[(field, "asc"|"desc")] from the body's sort or the URL's `sort=f:desc,g`."""
-    if url_sort:
-        out = []
-        for part in url_sort.split(","):
-            fname, _, order = part.partition(":")
-            out.append((fname, order or "asc"))
-        return out
-    if body_sort is None:
-        return []
-    out = []
-    for item in body_sort if isinstance(body_sort, list) else [body_sort]:
-        if isinstance(item, str):
-            out.append((item, "asc"))
-        elif isinstance(item, dict) and len(item) == 1:
-            (fname, spec), = item.items()
-            order = spec if isinstance(spec, str) else spec.get("order", "asc")
-            if order not in ("asc", "desc"):
-                raise bad(f"[sort] unknown order [{order}]", "parsing_exception")
-            out.append((fname, order))
-        else:
-            raise bad("[sort] malformed", "parsing_exception")
-    return out
-
 
 def _glob(name: str, pattern: str) -> bool:
     return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
@@ -757,13 +479,6 @@ def _nested(flat: dict) -> dict:
             node = node.setdefault(h, {})
         node[last] = v
     return nested
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8") or "{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"Failed to parse request body: {exc}", "parse_exception") from None
 
 
 class _Handler(BaseHTTPRequestHandler):
