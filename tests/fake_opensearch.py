@@ -444,9 +444,13 @@ class FakeOpenSearch(AliasApi, WriteApi, SearchApi):
         return 200, {"_shards": SHARDS_OK}
 
     def health(self, target: str, query: dict) -> tuple[int, Any]:
-        """One node: replicas cannot be allocated, so an index with replicas is yellow. Waiting
-        for a status not reached times out at once with 408 (OpenSearch: ClusterHealthResponse
-        .status() is REQUEST_TIMEOUT when timed out); the fake does not sleep out the timeout."""
+        """One node: replicas cannot be allocated, so an index with replicas is yellow, and no
+        shard is ever initializing. Waiting for a status not reached times out at once with 408
+        (OpenSearch: ClusterHealthResponse.status() is REQUEST_TIMEOUT when timed out); the fake
+        does not sleep out the timeout."""
+        unknown = set(query) & {"wait_for_nodes", "wait_for_events", "wait_for_active_shards"}
+        if unknown:
+            raise bad(f"the fake does not model [{sorted(unknown)[0]}]")
         names = self.resolve(target)
         yellow = any(int(self.indices[n].settings.get("index.number_of_replicas", 1)) > 0 for n in names)
         status = "yellow" if yellow else "green"

@@ -48,7 +48,8 @@ URL_PARAMS = {"flat_settings", "max_num_segments", "refresh", "timeout", "master
               "rest_total_hits_as_int", "typed_keys", "only_expunge_deletes", "flush", "wait_for_completion",
               "primary_only", "min_score", "terminate_after", "sort", "wait_for_status", "level", "fields",
               "completion_fields", "fielddata_fields", "include_segment_file_sizes", "include_unloaded_segments",
-              "forbid_closed_indices", "groups", "write_index_only", "require_alias"}
+              "forbid_closed_indices", "groups", "write_index_only", "require_alias", "wait_for_no_initializing_shards",
+              "wait_for_no_relocating_shards", "wait_for_nodes", "wait_for_events", "wait_for_active_shards"}
 # k-NN 3.1.0.0 index/engine/faiss/FaissHNSWMethod.SUPPORTED_SPACES and
 # lucene/LuceneHNSWMethod.SUPPORTED_SPACES; l1 and linf were nmslib's (index/SpaceType.java).
 SPACES = {"faiss": {"l2", "innerproduct", "cosinesimil", "hamming"},

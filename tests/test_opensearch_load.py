@@ -188,3 +188,18 @@ def test_save_outside_a_load_merges_only_when_asked(fake_opensearch):
     merging.upsert([Document("extra", np.ones(DIM))])
     merging.save()
     assert fake_opensearch.indices[index.index].force_merges == 2
+
+
+def test_a_single_node_cluster_with_replicas_does_not_stall_the_warmup(fake_opensearch):
+    """Replicas that can never be allocated (one node) leave the index yellow: the load waits for
+    recovering copies only, so it completes at once and warms the graphs."""
+    import time
+
+    settings = Cluster(fake_opensearch.url, fake_opensearch, "onenode").settings(opensearch_replicas=1)
+    index = open_ingest(settings)
+    t0 = time.monotonic()
+    with index.loading():
+        index.upsert(docs(5)[0])
+    assert time.monotonic() - t0 < 5 and fake_opensearch.indices[index.index].warmups == 1
+    health = next(r for r in fake_opensearch.requests if r.path.startswith("/_cluster/health"))
+    assert "wait_for_no_initializing_shards=true" in health.path and "wait_for_status" not in health.path

@@ -20,9 +20,12 @@ answer neither `docvalue_fields` nor `stored_fields`) and every search excludes 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from clipsearch.config import Settings
 from clipsearch.errors import BackendUnavailable, ClipsearchError, DocumentsRejected, IndexMissing, InvalidInput, \
@@ -194,10 +197,6 @@ class OpenSearchIndex:
 
     def _source(self, d: Document) -> dict | str:
         """The document as uploaded, or why it cannot be (not JSON)."""
-        import json
-
-        import numpy as np
-
         vec = np.asarray(d.vector, dtype=np.float32).reshape(-1)
         source = dict(d.metadata)
         source[om.VECTOR_FIELD] = om.encode_vector(vec / np.linalg.norm(vec), self.data_type, self.byte_scale)

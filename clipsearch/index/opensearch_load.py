@@ -131,9 +131,12 @@ def warm_up(client, index: str) -> bool:
     not raised: the index is complete and searchable, only slower at first."""
     from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
 
+    # Replica copies restored a moment ago recover first; waiting for green instead would stall a
+    # single-node cluster with replicas (yellow for ever). The API specification lists
+    # wait_for_no_initializing_shards among cluster.health's parameters.
     with _health_guard():
-        client.cluster.health(index=index, params={"wait_for_status": "green", "timeout": f"{HEALTH_WAIT_S}s",
-                                                   "request_timeout": HEALTH_WAIT_S + 30})
+        client.cluster.health(index=index, params={"wait_for_no_initializing_shards": "true",
+                                                   "timeout": f"{HEALTH_WAIT_S}s", "request_timeout": HEALTH_WAIT_S + 30})
     try:
         got = client.transport.perform_request("GET", f"/_plugins/_knn/warmup/{index}",
                                                params={"request_timeout": WARMUP_TIMEOUT_S})
