@@ -30,7 +30,8 @@ class VectorIndex(Protocol):
     dim: int
 
     def upsert(self, docs: Iterable[Document]) -> int:
-        """Insert or replace documents by id; returns how many were written."""
+        """Insert or replace documents by id; returns how many were written. A backend may write
+        the valid documents and then raise DocumentsRejected naming the others (OpenSearch)."""
 
     def search(
         self,
