@@ -213,6 +213,9 @@ class Searcher:
             raise bad(f"Query vector has invalid dimension: {len(vec)}. Dimension should be: {prop['dimension']}",
                       "illegal_argument_exception")
         given = [p for p in ("k", "min_score", "max_distance") if p in params]
+        # k-NN 3.1.0.0 index/query/KNNQueryBuilder: exactly one of k, distance or score;
+        # 0 < k <= K_MAX (10000); RescoreParser.validate: oversample_factor in [1, 100]
+        # (query/rescore/RescoreContext.MIN/MAX_OVERSAMPLE_FACTOR).
         if len(given) != 1:
             raise bad("[knn] requires exactly one of k, distance or score to be set", "illegal_argument_exception")
         if "max_distance" in params:
@@ -235,7 +238,8 @@ class Searcher:
         return q, k
 
     def sort_key(self, fname: str) -> tuple[dict, str]:
-        """The mapping and kind of a sort field, or a 400 where OpenSearch refuses to sort."""
+        """The mapping and kind of a sort field, or a 400: an unmapped field (OpenSearch's "No
+        mapping found for [..] in order to sort on"); text fields are not modelled."""
         prop = field_prop(self.idx.props, fname)
         if prop is None:
             raise bad(f"No mapping found for [{fname}] in order to sort on", "query_shard_exception")

@@ -40,6 +40,7 @@ class SearchApi:
         if extra:
             raise bad(f"Unknown key for a START_OBJECT in [{sorted(extra)[0]}].", "parsing_exception")
         size, frm = body.get("size", 10), body.get("from", 0)
+        # index.max_result_window defaults to 10000 (OpenSearch: index/IndexSettings.MAX_RESULT_WINDOW_SETTING)
         if not isinstance(size, int) or size < 0 or frm + size > 10000:
             raise bad("Result window is too large, from + size must be less than or equal to: [10000]")
         q = body.get("query", {"match_all": {}})

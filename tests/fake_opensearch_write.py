@@ -115,6 +115,9 @@ class WriteApi:
 
     def bulk(self, path_index: str | None, body: bytes, headers, query: dict) -> tuple[int, Any]:
         ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
+        # 406 "Content-Type header [..] is not supported" for a type the bulk handler cannot parse,
+        # as clients report it; the exact shape of that error body is not verified (JSON and
+        # NDJSON taken here; SMILE/CBOR are not modelled).
         if ctype not in ("application/json", "application/x-ndjson"):
             raise ApiError(406, "content_type_header_exception", f"Content-Type header [{ctype}] is not supported")
         parsed = self._parse_bulk(path_index, body)
