@@ -1,13 +1,14 @@
 """A strict fake OpenSearch (2.19 or 3.x with the k-NN plugin, or an Amazon OpenSearch Serverless
 vector collection) over real HTTP on 127.0.0.1.
 
-Only the endpoints clipsearch and the replayed API-specification stories use, each checking its
-request as the engine does and answering in OpenSearch's shapes (errors as `{"error": {"root_cause",
-"type", "reason"}, "status"}`). tests/FAKE_OPENSEARCH.md lists what is modelled, with sources, and
-what is not; the rules live in fake_opensearch_rules.py (settings, mappings, names),
-fake_opensearch_docs.py (documents), fake_opensearch_query.py (queries) and
-fake_opensearch_aliases.py (aliases); fake_opensearch_write.py and fake_opensearch_search.py are the
-document and search endpoints. This module is the server, its state, the routing and the faults.
+Only the endpoints clipsearch uses, and those of the API-specification stories that
+tests/test_fake_opensearch_engine.py follows, each checking its request as the engine does and
+answering in OpenSearch's shapes (errors as `{"error": {"root_cause", "type", "reason"},
+"status"}`). tests/FAKE_OPENSEARCH.md lists what is modelled, with sources, and what is not; the
+rules live in fake_opensearch_rules.py (settings, mappings, names), fake_opensearch_docs.py
+(documents), fake_opensearch_query.py (queries) and fake_opensearch_aliases.py (aliases);
+fake_opensearch_write.py and fake_opensearch_search.py are the document and search endpoints. This
+module is the server, its state, the routing and the faults.
 
     GET|HEAD /                      PUT|GET|DELETE|HEAD /{index}     GET|PUT /{index}/_mapping
     GET|PUT /{index}/_settings      POST /_aliases, /{index}/_alias/{name} and the other alias forms

@@ -1,7 +1,8 @@
 """The fake OpenSearch's alias API: POST /_aliases (atomic), the index-scoped PUT/DELETE
 /{index}/_alias/{name} (and `_aliases`), the body forms, and GET/HEAD. Modelled on the API
 specification's stories tests/default/_core/aliases.yaml, tests/default/_core/alias.yaml,
-tests/default/indices/alias/alias.yaml and tests/default/indices/aliases/aliases.yaml."""
+tests/default/indices/alias/alias.yaml and tests/default/indices/aliases/aliases.yaml, which
+tests/test_fake_opensearch_engine.py follows."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@ shapes. Used by tests/fake_opensearch.py; tests/FAKE_OPENSEARCH.md lists what is
 
 Sources, named by every rule: "k-NN <tag>: <file>" is opensearch-project/k-NN at that tag under
 src/main/java/org/opensearch/knn/; "OpenSearch: <file>" is opensearch-project/OpenSearch; "spec
-<path>" is a test story of opensearch-project/opensearch-api-specification, which its CI replays
-against OpenSearch 2.19 and 3.1 with the k-NN plugin (tests/test_fake_opensearch_stories.py
-replays the same stories against this fake).
+<path>" is a test story of opensearch-project/opensearch-api-specification (commit fbe9edeb, under
+tests/), which its CI runs against OpenSearch 2.19 and 3.1 with the k-NN plugin;
+tests/test_fake_opensearch_engine.py checks this fake against what each such story establishes.
 """
 
 from __future__ import annotations
