@@ -13,6 +13,18 @@ class InvalidInput(ClipsearchError):
     code = "invalid_input"
 
 
+class DocumentsRejected(InvalidInput):
+    """Some documents of a write were refused, one reason each; the others were written.
+    Ingest reports the refused ones as failed items and goes on."""
+
+    code = "documents_rejected"
+
+    def __init__(self, rejected: dict[str, str], written: int):
+        self.rejected, self.written = dict(rejected), written
+        first = "; ".join(f"{doc_id!r}: {why}" for doc_id, why in list(self.rejected.items())[:3])
+        super().__init__(f"{len(self.rejected)} document(s) refused, {written} written ({first})")
+
+
 class NotFound(ClipsearchError):
     code = "not_found"
 

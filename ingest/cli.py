@@ -2,6 +2,7 @@
 
     python -m ingest unsplash [--limit N] [--width 480] [--workers 32] [--data-dir data/unsplash]
     python -m ingest folder PATH
+    python -m ingest generations [--delete NAME ... | --prune]   (OpenSearch: the alias's old indexes)
     common: [--index PATH] [--backend faiss|opensearch] [--cache-dir data/embeddings] ...
 
 The model comes from MODEL_PATH / MODEL_ID, the index from INDEX_PATH / BACKEND and the
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ingest", description=__doc__, epilog=EXAMPLES, add_help=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-h", "--help", action=_FullHelp, help="this help, with every source's options")
-    sub = ap.add_subparsers(dest="source", required=True, metavar="{unsplash,folder}")
+    sub = ap.add_subparsers(dest="source", required=True, metavar="{unsplash,folder,generations}")
     un = sub.add_parser("unsplash", parents=[common], help="the Unsplash Lite dataset (downloaded)",
                         description="Download the Unsplash Lite archive and its images, then index them.")
     un.add_argument("--dataset-url", default="https://unsplash.com/data/lite/latest",
@@ -116,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--follow-links", action="store_true",
                     help="follow symbolic links that lead out of PATH, to files and directories (default: only "
                          "links that stay inside PATH; devices, FIFOs and /proc, /sys, /dev are never read)")
-    ap.set_defaults(_subparsers=(un, fo))
+    # Handled by ingest.generations (main() hands it over before parsing); listed for --help.
+    ge = sub.add_parser("generations", help="OpenSearch: list the alias's generations, delete old ones",
+                        description="List the OpenSearch alias's generations (model, documents, created, which "
+                                    "one serves); --delete NAME... or --prune removes old ones, signed like every "
+                                    "other request. See `python -m ingest generations --help`.")
+    ap.set_defaults(_subparsers=(un, fo, ge))
     return ap
 
 
@@ -272,6 +278,11 @@ def _folder(args, settings: Settings, pipeline: Pipeline) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (0 done, even with skipped bad items; 1 the run
     could not go on; 2 bad usage; 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["generations"]:
+        from ingest.generations import main as generations
+
+        return generations(argv[1:])
     parser_args = build_parser().parse_args(argv)  # exits 2 with usage on bad options
     try:
         summary = execute(argv)

@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from clipsearch.errors import ImageTooLarge, InvalidInput
-from clipsearch.models import Encoder
+from clipsearch.errors import DocumentsRejected, ImageTooLarge, InvalidInput
 from clipsearch.index import Document, VectorIndex
-from clipsearch.index.base import vector_problem
+from clipsearch.index.base import id_problem, vector_problem
+from clipsearch.models import Encoder
 from clipsearch.schema import display_text
 from clipsearch.schema import orientation
 from ingest.cache import EmbeddingCache, NoCache
@@ -304,6 +304,10 @@ class Pipeline:
             self.summary.fail(item.shown, f"unreadable: {exc.strerror or exc}")
             return None
         doc_id = item.doc_id or hashlib.sha256(data).hexdigest()
+        problem = id_problem(doc_id)
+        if problem is not None:  # a source's id no index can hold (say, over 512 bytes)
+            self.summary.fail(item.shown, f"bad_id: {problem}")
+            return None
         if doc_id in self._seen:
             self.summary.skipped["duplicate content"] += 1
             self.done[item.key] = doc_id
@@ -391,9 +395,16 @@ class Pipeline:
         ready, self._ready = self._ready, []
         try:
             self.summary.indexed += self.index.upsert([doc for _, doc in ready])
-        except InvalidInput:  # some document the index refuses: write the others, report that one
-            ready = self._write_one_by_one(ready)
+            rejected: dict[str, str] = {}
+        except DocumentsRejected as exc:  # the others are written: report these, go on
+            self.summary.indexed += exc.written
+            rejected = exc.rejected
+        except InvalidInput:  # a document the index refuses before writing any: write the others one by one
+            ready, rejected = self._write_one_by_one(ready), {}
         for item, doc in ready:
+            if doc.id in rejected:
+                self.summary.fail(item.shown, f"rejected_by_index: {rejected[doc.id]}")
+                continue
             self.done[item.key] = doc.id
             self.indexed_ids.add(doc.id)
         self.progress.update("index", len(ready))

@@ -1,39 +1,36 @@
-"""A strict fake OpenSearch (3.x with the k-NN plugin) over real HTTP on 127.0.0.1.
+"""A strict fake OpenSearch (2.19 or 3.x with the k-NN plugin, or an Amazon OpenSearch Serverless
+vector collection) over real HTTP on 127.0.0.1.
 
-Only the endpoints clipsearch uses, each checking its request against the documented API and
-answering in OpenSearch's shapes (errors as `{"error": {"root_cause", "type", "reason"}, "status"}`):
+Only the endpoints clipsearch uses, and those of the API-specification stories that
+tests/test_fake_opensearch_engine.py follows, each checking its request as the engine does and
+answering in OpenSearch's shapes (errors as `{"error": {"root_cause", "type", "reason"},
+"status"}`). tests/FAKE_OPENSEARCH.md lists what is modelled, with sources, and what is not; the
+rules live in fake_opensearch_rules.py (settings, mappings, names), fake_opensearch_docs.py
+(documents), fake_opensearch_query.py (queries) and fake_opensearch_aliases.py (aliases);
+fake_opensearch_write.py and fake_opensearch_search.py are the document and search endpoints. This
+module is the server, its state, the routing and the faults.
 
-    GET /                          PUT|DELETE|HEAD /{index}          GET /{target}/_mapping
-    GET|PUT /{target}/_settings    POST /_aliases, GET /_alias/{n}  POST [/{index}]/_bulk
-    GET /{index}/_doc/{id}         GET|POST /{target}/_count         GET|POST /{target}/_search
-    POST /{target}/_refresh        POST /{target}/_forcemerge
+    GET|HEAD /                      PUT|GET|DELETE|HEAD /{index}     GET|PUT /{index}/_mapping
+    GET|PUT /{index}/_settings      POST /_aliases, /{index}/_alias/{name} and the other alias forms
+    POST [/{index}]/_bulk           POST /{index}/_doc, PUT|GET|HEAD|DELETE /{index}/_doc/{id}
+    GET|POST [/{index}]/_count      GET|POST /{index}/_search        POST /{index}/_refresh
+    POST [/{index}]/_forcemerge     GET /{index}/_stats[/{metric}]   GET /_cluster/health/{index}
+    GET /_plugins/_knn/warmup/{index}
 
-Strictness: settings OpenSearch 3.0 removed (`index.knn.space_type`, `index.knn.algo_param.m`,
-...) and unknown ones are refused; so are the nmslib engine, unknown mapping parameters, bulk
-bodies without the final newline or with malformed action lines, vectors of the wrong dimension,
-knn queries without `vector` or `k`, and unknown query keys. Search sees only refreshed documents
-(`_refresh`, or `refresh_interval` elapsed), GET by id is real-time, as in OpenSearch. knn queries
-are answered by exact search with the engine's innerproduct score (`1 + ip` or `1 / (1 - ip)`),
-the `filter` applied before the top k is taken (efficient filtering).
+`service="aoss"` makes it a Serverless vector collection: ids are assigned (a caller's `_id` is
+refused), writes become searchable only after `refresh_seconds`, and the endpoints Serverless
+lacks (refresh, force merge, settings updates, stats, warmup, `GET /`) answer 404.
 
 Faults on demand: `fail(status)`, `drop()` (close the connection with no answer, before or after
 applying the request), `delay(seconds)`, `reject_items(status)` (partial bulk failures).
 Auth on demand: basic, or SigV4 with the signature recomputed from registered secrets.
-
-What a cluster accepts is in fake_opensearch_rules.py, the query evaluation in
-fake_opensearch_query.py; this module is the server, its state and the faults.
-
-Not modelled: shards (one per index), scoring of text queries, index auto-creation by bulk (the
-fake answers 404 for a bulk item naming a missing index, as with `action.auto_create_index: false`).
 """
 
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import json
-import math
 import re
 import socket
 import threading
@@ -43,9 +40,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fake_opensearch_query import Searcher, _filter_source
-from fake_opensearch_rules import (STATIC_SETTINGS, URL_PARAMS, ApiError, _check_setting, _flat_settings, _seconds,
-                                   bad, check_index_name, check_mappings, no_index)
+from fake_opensearch_aliases import AliasApi
+from fake_opensearch_rules import (DEFAULT_SETTINGS, STATIC_SETTINGS, URL_PARAMS, ApiError, _seconds, bad,
+                                   check_dynamic, check_index_name, check_mappings, check_properties, check_setting,
+                                   flat_settings, no_index)
+from fake_opensearch_search import SearchApi
+from fake_opensearch_write import SHARDS_OK, WriteApi, _json
 
 __all__ = ["FakeOpenSearch", "ApiError", "check_index_name"]
 
@@ -80,30 +80,42 @@ class FakeIndex:
     dirty: bool = False
     refreshes: int = 0
     force_merges: int = 0
+    warmups: int = 0
+    segments: int = 0  # searchable segments: each refresh that publishes writes adds one
+    merge_due: tuple[float, int] | None = None  # (when, max_num_segments) of a merge under way
 
     @property
     def props(self) -> dict:
-        return self.mappings.get("properties", {})
+        return self.mappings.setdefault("properties", {})
 
-    def vector_fields(self) -> dict[str, dict]:
-        return {n: p for n, p in self.props.items() if p.get("type") == "knn_vector"}
-
-    def maybe_auto_refresh(self) -> None:
-        interval = _seconds(self.settings.get("index.refresh_interval", "1s"))
+    def maybe_auto_refresh(self, interval: float) -> None:
+        # OpenSearch refreshes every refresh_interval (default 1s; -1 disables it). The fake
+        # publishes writes once `interval` has passed since the last one: the latest a periodic
+        # refresh would, so documents are never visible earlier than on a real cluster.
         if self.dirty and interval >= 0 and time.monotonic() - self.last_write >= interval:
             self.refresh()
 
     def refresh(self) -> None:
+        if self.dirty:
+            self.segments += 1
         self.visible = {k: v for k, v in self.docs.items()}
         self.dirty = False
         self.refreshes += 1
 
+    def segment_count(self) -> int:
+        if self.merge_due is not None and time.monotonic() >= self.merge_due[0]:
+            self.segments = min(self.segments, self.merge_due[1])
+            self.merge_due = None
+        return self.segments
 
-class FakeOpenSearch:
+
+class FakeOpenSearch(AliasApi, WriteApi, SearchApi):
     def __init__(self, *, basic_auth: tuple[str, str] | None = None, sigv4: tuple[str, str] | None = None,
-                 version: str = "3.1.0"):
+                 version: str = "3.1.0", service: str = "es", allow_explicit_index: bool = True,
+                 refresh_seconds: float = 1.0, merge_seconds: float = 0.0):
         self.indices: dict[str, FakeIndex] = {}
         self.aliases: dict[str, set[str]] = {}
+        self.alias_options: dict[tuple[str, str], dict] = {}
         self.lock = threading.RLock()
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
@@ -111,7 +123,16 @@ class FakeOpenSearch:
         self.sigv4 = sigv4  # (region, service)
         self.secrets: dict[str, tuple[str, str | None]] = {}  # access key -> (secret, token)
         self.signed_with: list[str] = []
-        self.version = version
+        self.version, self.service = version, service
+        # The domain's advanced option rest.action.multi.allow_explicit_index (developer guide,
+        # "Advanced options and API considerations"); false: a bulk body naming an index is
+        # refused with "explicit index in bulk is not allowed" (OpenSearch: action/bulk/BulkRequestParser).
+        self.allow_explicit_index = allow_explicit_index
+        # Serverless refreshes on its own, every 10-60 s ("What is Amazon OpenSearch Serverless?",
+        # Limitations; 60 s on vector collections per "Working with vector search collections").
+        self.refresh_seconds = refresh_seconds
+        self.merge_seconds = merge_seconds  # how long a force merge takes
+        self._tasks = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -149,6 +170,10 @@ class FakeOpenSearch:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def aoss(self) -> bool:
+        return self.service == "aoss"
 
     # -- faults ----------------------------------------------------------------------------
     @staticmethod
@@ -189,9 +214,11 @@ class FakeOpenSearch:
     def resolve(self, target: str, *, allow_missing: bool = False) -> list[str]:
         names: list[str] = []
         for part in target.split(","):
-            if any(c in part for c in "*?"):
-                names += [n for n in self.indices if fnmatch.fnmatchcase(n, part)]
-                names += [i for a, idx in self.aliases.items() if fnmatch.fnmatchcase(a, part) for i in idx]
+            if part in ("_all", "*"):
+                names += list(self.indices)
+            elif any(c in part for c in "*?"):
+                names += [n for n in self.indices if _glob(n, part)]
+                names += [i for a, idx in self.aliases.items() if _glob(a, part) for i in idx]
             elif part in self.indices:
                 names.append(part)
             elif part in self.aliases and self.aliases[part]:
@@ -206,340 +233,257 @@ class FakeOpenSearch:
     def doc_count(self, index: str) -> int:
         return len(self.indices[index].docs)
 
-    # -- the API ---------------------------------------------------------------------------
+    def drop_index(self, name: str) -> None:
+        del self.indices[name]
+        for idx in self.aliases.values():
+            idx.discard(name)
+        self.aliases = {a: idx for a, idx in self.aliases.items() if idx}
+
+    def _interval(self, idx: FakeIndex) -> float:
+        return self.refresh_seconds if self.aoss else _seconds(idx.settings.get("index.refresh_interval", "1s"))
+
+    # -- routing ---------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes, headers) -> tuple[int, Any]:
         unknown = sorted(set(query) - URL_PARAMS)
         if unknown:  # e.g. a client option leaking into the URL
             raise bad(f"request [{path}] contains unrecognized parameter: [{unknown[0]}]")
         parts = [unquote(p) for p in path.strip("/").split("/") if p]
+        if self.aoss:
+            self._serverless_check(method, parts, query)
+        if parts[-1:] == ["_forcemerge"] and method == "POST":  # may block: takes the lock itself
+            return self.forcemerge(parts[0] if len(parts) == 2 else "_all", query)
         with self.lock:
-            if not parts:
-                return 200, {"name": "fake", "cluster_name": "fake", "version": {"distribution": "opensearch",
-                                                                               "number": self.version}}
-            if parts == ["_aliases"] and method == "POST":
-                return self.update_aliases(_json(body))
-            if parts[0] == "_alias" and len(parts) == 2 and method == "GET":
-                idx = self.aliases.get(parts[1])
-                if not idx:
-                    return 404, {"error": f"alias [{parts[1]}] missing", "status": 404}
-                return 200, {i: {"aliases": {parts[1]: {}}} for i in sorted(idx)}
-            if parts == ["_bulk"] and method in ("POST", "PUT"):
-                return self.bulk(None, body, headers)
-            if len(parts) == 1 and not parts[0].startswith("_"):
-                if method == "PUT":
-                    return self.create_index(parts[0], _json(body) if body else {})
-                if method == "DELETE":
-                    for n in self.resolve(parts[0]):
-                        del self.indices[n]
-                        for idx in self.aliases.values():
-                            idx.discard(n)
-                    return 200, {"acknowledged": True}
-                if method == "HEAD":
-                    return (200 if self.resolve(parts[0], allow_missing=True) else 404), None
-            if len(parts) == 2:
-                target, op = parts
-                if op == "_mapping" and method == "GET":
-                    names = self.resolve(target, allow_missing=any(c in target for c in "*?"))
-                    return 200, {n: {"mappings": self.indices[n].mappings} for n in names}
-                if op == "_settings":
-                    return self.settings(target, method, query, body)
-                if op == "_bulk" and method in ("POST", "PUT"):
-                    return self.bulk(target, body, headers)
-                if op == "_refresh" and method in ("POST", "GET"):
-                    for n in self.resolve(target):
-                        self.indices[n].refresh()
-                    return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
-                if op == "_forcemerge" and method == "POST":
-                    for n in self.resolve(target):
-                        self.indices[n].force_merges += 1
-                    return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
-                if op == "_count" and method in ("GET", "POST"):
-                    return self.count(target, _json(body) if body else {})
-                if op == "_search" and method in ("GET", "POST"):
-                    return self.search(target, _json(body) if body else {})
-            if len(parts) == 3 and parts[1] == "_doc" and method == "GET":
-                return self.get_doc(parts[0], parts[2])
-        raise bad(f"no handler found for uri [{path}] and method [{method}]")
+            return self._route(method, parts, query, body, headers)
 
-    def create_index(self, name: str, body: dict) -> tuple[int, Any]:
+    def _serverless_check(self, method: str, parts: list[str], query: dict) -> None:
+        """What a Serverless vector collection does not offer answers 404 (tests/FAKE_OPENSEARCH.md)."""
+        op = next((p for p in parts if p.startswith("_")), "")
+        missing = (not parts and method == "GET"  # spec: info.0 is x-distributions-excluded amazon-serverless
+                   or op == "_refresh"  # 404 on a live collection (apache/flink-agents pull request 678)
+                   or op in ("_forcemerge", "_stats", "_plugins", "_cluster")  # warmup/stats: "don't support"
+                   or (op == "_settings" and method != "GET"))  # (the others: not known to be offered)
+        if missing:
+            raise ApiError(404, "not_found", f"{method} /{'/'.join(parts)} is not offered by OpenSearch Serverless")
+        if query.get("refresh") not in (None, "false"):
+            raise bad("the refresh parameter is not modelled for OpenSearch Serverless (it refreshes on its own)")
+
+    def _route(self, method: str, parts: list[str], query: dict, body: bytes, headers) -> tuple[int, Any]:
+        if not parts:
+            if method == "HEAD":
+                return 200, None
+            return 200, {"name": "fake", "cluster_name": "fake",
+                         "version": {"distribution": "opensearch", "number": self.version}}
+        head = parts[0]
+        if head in ("_alias", "_aliases") or (len(parts) >= 2 and parts[1] in ("_alias", "_aliases")):
+            return self.alias_request(method, parts, _json(body) if body else {})
+        if parts == ["_bulk"] and method in ("POST", "PUT"):
+            return self.bulk(None, body, headers, query)
+        if parts == ["_count"] and method in ("GET", "POST"):
+            return self.count("_all", _json(body) if body else {})
+        if parts[:2] == ["_cluster", "health"] and len(parts) == 3 and method == "GET":
+            return self.health(parts[2], query)
+        if parts[:3] == ["_plugins", "_knn", "warmup"] and len(parts) == 4 and method == "GET":
+            return self.warmup(parts[3])
+        if head.startswith("_"):
+            raise bad(f"no handler found for uri [/{'/'.join(parts)}] and method [{method}]")
+        if len(parts) == 1:
+            return self._index_request(method, head, body)
+        return self._index_subrequest(method, parts, query, body, headers)
+
+    def _index_request(self, method: str, name: str, body: bytes) -> tuple[int, Any]:
+        if method == "PUT":
+            return self.create_index(name, _json(body) if body else {})
+        if method == "DELETE":
+            for n in self.resolve(name):
+                self.drop_index(n)
+            return 200, {"acknowledged": True}
+        if method == "HEAD":
+            return (200 if self.resolve(name, allow_missing=True) else 404), None
+        if method == "GET":
+            return 200, {n: {"aliases": {a: {} for a in self.aliases_of(n)}, "mappings": self.indices[n].mappings,
+                             "settings": _nested(self._flat(n))} for n in self.resolve(name)}
+        raise bad(f"no handler found for uri [/{name}] and method [{method}]")
+
+    def _index_subrequest(self, method: str, parts: list[str], query: dict, body: bytes, headers) -> tuple[int, Any]:
+        target, op, rest = parts[0], parts[1], parts[2:]
+        if op == "_mapping" and not rest:
+            return self.mapping(target, method, body)
+        if op == "_settings":
+            return self.settings(target, method, query, body, rest[0] if rest else None)
+        if op == "_bulk" and not rest and method in ("POST", "PUT"):
+            return self.bulk(target, body, headers, query)
+        if op == "_refresh" and not rest and method in ("POST", "GET"):
+            for n in self.resolve(target):
+                self.indices[n].refresh()
+            return 200, {"_shards": SHARDS_OK}
+        if op == "_count" and not rest and method in ("GET", "POST"):
+            return self.count(target, _json(body) if body else {})
+        if op == "_search" and not rest and method in ("GET", "POST"):
+            return self.search(target, _json(body) if body else {}, query)
+        if op == "_stats" and len(rest) <= 1 and method == "GET":
+            return self.stats(target, rest[0] if rest else "_all")
+        if op in ("_doc", "_create") and len(rest) <= 1:
+            return self.document(method, target, op, rest[0] if rest else None, body, query)
+        raise bad(f"no handler found for uri [/{'/'.join(parts)}] and method [{method}]")
+
+    # -- indices ---------------------------------------------------------------------------
+    def create_index(self, name: str, body: dict, *, auto: bool = False) -> tuple[int, Any]:
         check_index_name(name)
         if name in self.indices or name in self.aliases:
             raise bad(f"index [{name}] already exists", "resource_already_exists_exception")
         extra = set(body) - {"settings", "mappings", "aliases"}
         if extra:
             raise bad(f"unknown key [{sorted(extra)[0]}] for create index", "parse_exception")
-        settings = {k: _check_setting(k, v) for k, v in _flat_settings(body.get("settings", {})).items()}
-        mappings = check_mappings(body.get("mappings", {}))
+        settings = {k: check_setting(k, v, self.version) for k, v in flat_settings(body.get("settings", {})).items()}
+        mappings = check_mappings(body.get("mappings", {}), self.version, self.service)
         if any(p.get("type") == "knn_vector" and "method" in p for p in mappings.get("properties", {}).values()) \
                 and settings.get("index.knn") != "true":
-            # OpenSearch accepts this but never builds the graphs; clipsearch must not do it.
-            raise bad("a knn_vector method needs index.knn: true for approximate search")
+            # k-NN 3.1.0.0 index/mapper/KNNVectorFieldMapper.validateFromFlat
+            raise bad("Cannot set modelId or method parameters when index.knn setting is false",
+                      "mapper_parsing_exception")
+        settings.setdefault("index.number_of_shards", "1")
+        settings.setdefault("index.number_of_replicas", "1")
+        settings["index.provided_name"] = name
         self.indices[name] = FakeIndex(name, settings, json.loads(json.dumps(mappings)))
+        for alias in body.get("aliases") or {}:
+            self.aliases.setdefault(alias, set()).add(name)
         return 200, {"acknowledged": True, "shards_acknowledged": True, "index": name}
 
-    def settings(self, target: str, method: str, query: dict, body: bytes) -> tuple[int, Any]:
+    def _flat(self, name: str) -> dict:
+        return {k: v for k, v in self.indices[name].settings.items() if v is not None}
+
+    def settings(self, target: str, method: str, query: dict, body: bytes, only: str | None) -> tuple[int, Any]:
         names = self.resolve(target)
         if method == "GET":
             out = {}
             for n in names:
-                flat = {k: v for k, v in self.indices[n].settings.items() if v is not None}
-                flat.setdefault("index.number_of_shards", "1")
-                flat.setdefault("index.number_of_replicas", "1")
-                if query.get("flat_settings") == "true":
-                    out[n] = {"settings": flat}
-                else:
-                    nested: dict = {}
-                    for k, v in flat.items():
-                        node = nested
-                        *head, last = k.split(".")
-                        for h in head:
-                            node = node.setdefault(h, {})
-                        node[last] = v
-                    out[n] = {"settings": nested}
+                flat = {k: v for k, v in self._flat(n).items() if only is None or _glob(k, only)}
+                entry = {"settings": flat if query.get("flat_settings") == "true" else _nested(flat)}
+                if query.get("include_defaults") == "true":
+                    entry["defaults"] = DEFAULT_SETTINGS if query.get("flat_settings") == "true" \
+                        else _nested(DEFAULT_SETTINGS)
+                out[n] = entry
             return 200, out
-        if method != "PUT":
+        if method != "PUT" or only is not None:
             raise bad(f"no handler found for uri [/{target}/_settings] and method [{method}]")
-        flat = _flat_settings(_json(body))
+        flat = flat_settings(_json(body))
         for k, v in flat.items():
             if k in STATIC_SETTINGS:
                 raise bad(f"Can't update non dynamic settings [[{k}]] for open indices")
-            _check_setting(k, v)
+            check_setting(k, v, self.version)
         for n in names:
             for k, v in flat.items():
                 if v is None:
                     self.indices[n].settings.pop(k, None)
                 else:
-                    self.indices[n].settings[k] = _check_setting(k, v)
+                    self.indices[n].settings[k] = check_setting(k, v, self.version)
         return 200, {"acknowledged": True}
 
-    def update_aliases(self, body: dict) -> tuple[int, Any]:
-        actions = body.get("actions")
-        if not isinstance(actions, list) or not actions or set(body) != {"actions"}:
-            raise bad("Validation Failed: 1: no actions specified;", "action_request_validation_exception")
-        plan = []
-        for a in actions:
-            if not isinstance(a, dict) or len(a) != 1:
-                raise bad("[aliases] action malformed", "parsing_exception")
-            (op, spec), = a.items()
-            if op not in ("add", "remove", "remove_index"):
-                raise bad(f"[aliases] unknown field [{op}]", "parsing_exception")
-            extra = set(spec) - {"index", "indices", "alias", "aliases", "is_write_index", "must_exist"}
-            if extra:
-                raise bad(f"[{op}] unknown field [{sorted(extra)[0]}]", "parsing_exception")
-            indices = spec.get("indices") or [spec.get("index")]
-            aliases = spec.get("aliases") or [spec.get("alias")]
-            for i in indices:
-                if i not in self.indices:
-                    raise no_index(str(i))
-                for al in (aliases if op != "remove_index" else [None]):
-                    if op != "remove_index" and not al:
-                        raise bad("Validation Failed: 1: [alias] is required", "action_request_validation_exception")
-                    if op == "add" and al in self.indices:
-                        raise bad(f"Invalid alias name [{al}]: an index or data stream exists with the same name "
-                                  "as the alias", "invalid_alias_name_exception")
-                    if op == "remove" and i not in self.aliases.get(al, set()):
-                        raise ApiError(404, "aliases_not_found_exception", f"aliases [{al}] missing")
-                    plan.append((op, i, al))
-        for op, i, al in plan:  # all checked: apply together, like OpenSearch's atomic update
-            if op == "add":
-                self.aliases.setdefault(al, set()).add(i)
-            elif op == "remove":
-                self.aliases[al].discard(i)
-            else:
-                del self.indices[i]
-                for idx in self.aliases.values():
-                    idx.discard(i)
-        self.aliases = {a: idx for a, idx in self.aliases.items() if idx}
-        return 200, {"acknowledged": True}
-
-    def _write_target(self, name: str) -> FakeIndex:
-        names = self.resolve(name, allow_missing=True)
-        if not names:
-            raise no_index(name)
-        if len(names) > 1:
-            raise bad(f"no write index is defined for alias [{name}]")
-        return self.indices[names[0]]
-
-    def bulk(self, path_index: str | None, body: bytes, headers) -> tuple[int, Any]:
-        ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
-        if ctype not in ("application/json", "application/x-ndjson"):
-            raise ApiError(406, "content_type_header_exception", f"Content-Type header [{ctype}] is not supported")
-        if not body:
-            raise bad("Validation Failed: 1: no requests added;", "action_request_validation_exception")
-        if not body.endswith(b"\n"):
-            raise bad("The bulk request must be terminated by a newline [\\n]")
-        lines = body.decode("utf-8").split("\n")[:-1]
-        items, i = [], 0
-        parsed: list[tuple[str, dict, Any]] = []
-        while i < len(lines):
-            try:
-                action = json.loads(lines[i])
-            except json.JSONDecodeError:
-                raise bad(f"Malformed action/metadata line [{i + 1}], expected START_OBJECT but found [VALUE_STRING]")
-            if not isinstance(action, dict) or len(action) != 1:
-                raise bad(f"Malformed action/metadata line [{i + 1}], expected FIELD_NAME but found [END_OBJECT]")
-            (op, meta), = action.items()
-            if op not in ("index", "create", "delete", "update"):
-                raise bad(f"Malformed action/metadata line [{i + 1}], expected one of [create, delete, index, update] "
-                          f"but found [{op}]")
-            extra = set(meta) - {"_index", "_id", "routing", "version", "version_type", "if_seq_no", "if_primary_term",
-                                 "pipeline", "require_alias"}
-            if extra:
-                raise bad(f"Action/metadata line [{i + 1}] contains an unknown parameter [{sorted(extra)[0]}]")
-            if not meta.get("_index") and not path_index:
-                raise bad("Validation Failed: 1: index is missing;", "action_request_validation_exception")
-            doc: Any = None
-            if op != "delete":
-                i += 1
-                if i >= len(lines):
-                    raise bad("Validation Failed: 1: source is missing;", "action_request_validation_exception")
-                try:
-                    doc = json.loads(lines[i])
-                except json.JSONDecodeError as exc:
-                    doc = exc
-            parsed.append((op, meta, doc))
-            i += 1
-        fault = self._take_fault("POST", "/_bulk", ("items",))
-        for n, (op, meta, doc) in enumerate(parsed):
-            index_name = meta.get("_index") or path_index
-            if fault is not None and n % fault.every == 0:
-                items.append({op: {"_index": index_name, "_id": meta.get("_id"), "status": fault.status,
-                                   "error": {"type": "es_rejected_execution_exception" if fault.status == 429
-                                             else "unavailable_shards_exception",
-                                             "reason": "rejected execution (fake fault)"}}})
-                continue
-            items.append({op: self._bulk_item(op, index_name, meta.get("_id"), doc)})
-        errors = any(next(iter(it.values())).get("status", 200) >= 300 for it in items)
-        return 200, {"took": 1, "errors": errors, "items": items}
-
-    def _bulk_item(self, op: str, index_name: str, doc_id: str | None, doc: Any) -> dict:
-        out: dict[str, Any] = {"_index": index_name, "_id": doc_id}
-        try:
-            idx = self._write_target(index_name)
-            out["_index"] = idx.name
-            if op == "update":
-                raise bad("update is not supported by this fake")
-            if op == "delete":
-                existed = idx.docs.pop(doc_id, None) is not None
-                idx.last_write, idx.dirty = time.monotonic(), True
-                return {**out, "result": "deleted" if existed else "not_found", "status": 200 if existed else 404}
-            if isinstance(doc, Exception) or not isinstance(doc, dict):
-                raise bad(f"failed to parse: {doc}", "mapper_parsing_exception")
-            if doc_id is None:
-                raise bad("the fake needs explicit _id values")
-            self._check_doc(idx, doc)
-            if op == "create" and doc_id in idx.docs:
-                raise ApiError(409, "version_conflict_engine_exception", f"[{doc_id}]: document already exists")
-            existed = doc_id in idx.docs
-            idx.docs[doc_id] = doc
-            idx.versions[doc_id] = idx.versions.get(doc_id, 0) + 1
-            idx.last_write, idx.dirty = time.monotonic(), True
-            return {**out, "_version": idx.versions[doc_id], "result": "updated" if existed else "created",
-                    "status": 200 if existed else 201}
-        except ApiError as e:
-            return {**out, "status": e.status, "error": {"type": e.type, "reason": e.reason}}
-
-    @staticmethod
-    def _check_doc(idx: FakeIndex, doc: dict) -> None:
-        ignore = idx.settings.get("index.mapping.ignore_malformed") == "true"
-        for name, prop in idx.props.items():
-            if name not in doc or doc[name] is None:
-                continue
-            v, t = doc[name], prop["type"]
-            if t == "knn_vector":
-                if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-                    raise bad(f"failed to parse field [{name}] of type [knn_vector]", "mapper_parsing_exception")
-                if len(v) != prop["dimension"]:
-                    raise bad(f"Vector dimension mismatch. Expected: {prop['dimension']}, Given: {len(v)}",
-                              "mapper_parsing_exception")
-                if prop.get("data_type") == "byte" and not all(float(x).is_integer() and -128 <= x <= 127 for x in v):
-                    raise bad(f"[{name}] byte vectors take integers in [-128, 127]", "mapper_parsing_exception")
-                if not all(math.isfinite(x) for x in v):
-                    raise bad("KNN vector values cannot be NaN or Infinity", "mapper_parsing_exception")
-            elif t in ("integer", "float", "boolean") and Searcher._typed(prop, v) is None \
-                    and (t == "boolean" or not ignore):  # booleans have no ignore_malformed
-                raise bad(f"failed to parse field [{name}] of type [{t}]", "mapper_parsing_exception")
-
-    def get_doc(self, target: str, doc_id: str) -> tuple[int, Any]:
-        idx = self._write_target(target)
-        src = idx.docs.get(doc_id)
-        if src is None:
-            return 404, {"_index": idx.name, "_id": doc_id, "found": False}
-        return 200, {"_index": idx.name, "_id": doc_id, "_version": idx.versions[doc_id], "found": True, "_source": src}
-
-    def _visible(self, target: str) -> list[FakeIndex]:
-        out = [self.indices[n] for n in self.resolve(target)]
-        for idx in out:
-            idx.maybe_auto_refresh()
-        return out
-
-    def count(self, target: str, body: dict) -> tuple[int, Any]:
-        if set(body) - {"query"}:
-            raise bad(f"request does not support [{sorted(set(body) - {'query'})[0]}]", "parsing_exception")
-        q = body.get("query", {"match_all": {}})
-        for idx in self._visible(target):
-            Searcher(idx).validate(q)
-        n = sum(1 for idx in self._visible(target) for i, s in idx.visible.items() if Searcher(idx).matches(q, s, i))
-        return 200, {"count": n, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}
-
-    def search(self, target: str, body: dict) -> tuple[int, Any]:
-        extra = set(body) - {"query", "size", "from", "_source", "min_score", "sort", "search_after", "track_total_hits"}
+    def mapping(self, target: str, method: str, body: bytes) -> tuple[int, Any]:
+        if method == "GET":
+            names = self.resolve(target, allow_missing=any(c in target for c in "*?"))
+            return 200, {n: {"mappings": self.indices[n].mappings} for n in names}
+        if method not in ("PUT", "POST"):
+            raise bad(f"no handler found for uri [/{target}/_mapping] and method [{method}]")
+        update = _json(body)
+        extra = set(update) - {"properties", "dynamic", "_meta"}
         if extra:
-            raise bad(f"Unknown key for a START_OBJECT in [{sorted(extra)[0]}].", "parsing_exception")
-        size, frm = body.get("size", 10), body.get("from", 0)
-        if not isinstance(size, int) or size < 0 or frm + size > 10000:
-            raise bad("Result window is too large, from + size must be less than or equal to: [10000]")
-        q = body.get("query", {"match_all": {}})
-        hits: list[tuple[float, str, FakeIndex]] = []
-        for idx in self._visible(target):
-            s = Searcher(idx)
-            if isinstance(q, dict) and list(q) == ["knn"]:
-                hits += [(score, i, idx) for score, i in s.knn(q["knn"])]
-            else:
-                s.validate(q)
-                hits += [(1.0, i, idx) for i, src in idx.visible.items() if s.matches(q, src, i)]
-        if "min_score" in body:
-            hits = [h for h in hits if h[0] >= body["min_score"]]
-        sort = body.get("sort")
-        sort_values: dict[str, list] = {}
-        if sort:
-            (fname, order), = (sort[0].items() if isinstance(sort[0], dict) else [(sort[0], "asc")])
-            order = order if isinstance(order, str) else order.get("order", "asc")
-            for idx in {h[2].name: h[2] for h in hits}.values():
-                if idx.props.get(fname, {}).get("type") != "keyword":
-                    raise bad(f"No mapping found for [{fname}] in order to sort on", "query_shard_exception")
-            hits.sort(key=lambda h: str(h[2].visible[h[1]].get(fname, "")), reverse=order == "desc")
-            for h in hits:
-                sort_values[h[1]] = [h[2].visible[h[1]].get(fname)]
-            if "search_after" in body:
-                after = str(body["search_after"][0])
-                hits = [h for h in hits if (str(sort_values[h[1]][0]) > after if order == "asc"
-                                            else str(sort_values[h[1]][0]) < after)]
-        elif "search_after" in body:
-            raise bad("Sort must contain at least one field.", "search_phase_execution_exception")
-        else:
-            hits.sort(key=lambda h: -h[0])
-        total = len(hits)
-        hits = hits[frm:frm + size]
-        out = []
-        for score, doc_id, idx in hits:
-            hit: dict[str, Any] = {"_index": idx.name, "_id": doc_id, "_score": None if sort else score}
-            src = _filter_source(idx.visible[doc_id], body.get("_source", True))
-            if src is not None:
-                hit["_source"] = src
-            if sort:
-                hit["sort"] = sort_values[doc_id]
-            out.append(hit)
-        return 200, {"took": 1, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
-                     "hits": {"total": {"value": total, "relation": "eq"},
-                              "max_score": max((h[0] for h in hits), default=None) if not sort else None, "hits": out}}
+            raise bad(f"Root mapping definition has unsupported parameters:  [{', '.join(sorted(extra))}]",
+                      "mapper_parsing_exception")
+        check_properties(update.get("properties", {}), self.version, self.service)
+        if "dynamic" in update:
+            check_dynamic(update["dynamic"])
+        for n in self.resolve(target):
+            m = self.indices[n].mappings
+            m.setdefault("properties", {}).update(json.loads(json.dumps(update.get("properties", {}))))
+            m.update({k: update[k] for k in ("dynamic", "_meta") if k in update})
+        return 200, {"acknowledged": True}
+
+    def stats(self, target: str, metric: str) -> tuple[int, Any]:
+        metrics = {"docs", "segments"} if metric == "_all" else set(metric.split(","))
+        unknown = metrics - {"docs", "segments"}
+        if unknown:
+            raise bad(f"the fake does not model the stats metric [{sorted(unknown)[0]}]")
+        indices, all_docs, all_segments = {}, 0, 0
+        for n in self.resolve(target):
+            idx = self.indices[n]
+            block: dict[str, Any] = {}
+            if "docs" in metrics:
+                block["docs"] = {"count": len(idx.visible), "deleted": 0}
+            if "segments" in metrics:
+                block["segments"] = {"count": idx.segment_count()}
+            indices[n] = {"uuid": n, "primaries": block, "total": block}
+            all_docs += len(idx.visible)
+            all_segments += idx.segment_count()
+        total: dict[str, Any] = {}
+        if "docs" in metrics:
+            total["docs"] = {"count": all_docs, "deleted": 0}
+        if "segments" in metrics:
+            total["segments"] = {"count": all_segments}
+        return 200, {"_shards": {"total": len(indices), "successful": len(indices), "failed": 0},
+                     "_all": {"primaries": total, "total": total}, "indices": indices}
+
+    def forcemerge(self, target: str, query: dict) -> tuple[int, Any]:
+        """Blocks for `merge_seconds` unless wait_for_completion=false (OpenSearch 2.7+: the API
+        specification's indices.forcemerge parameters), then answers with a task id."""
+        with self.lock:
+            names = self.resolve(target)
+            target_segments = int(query.get("max_num_segments", 1))
+            done_at = time.monotonic() + self.merge_seconds
+            for n in names:
+                self.indices[n].force_merges += 1
+                self.indices[n].merge_due = (done_at, target_segments)
+            self._tasks += 1
+            task = self._tasks
+        if query.get("wait_for_completion", "true") == "false":
+            return 200, {"task": f"fake-node:{task}"}
+        time.sleep(self.merge_seconds)
+        with self.lock:
+            for n in names:
+                if n in self.indices:
+                    self.indices[n].segment_count()
+        return 200, {"_shards": SHARDS_OK}
+
+    def health(self, target: str, query: dict) -> tuple[int, Any]:
+        """One node: replicas cannot be allocated, so an index with replicas is yellow, and no
+        shard is ever initializing. Waiting for a status not reached times out at once with 408
+        (OpenSearch: ClusterHealthResponse.status() is REQUEST_TIMEOUT when timed out); the fake
+        does not sleep out the timeout."""
+        unknown = set(query) & {"wait_for_nodes", "wait_for_events", "wait_for_active_shards"}
+        if unknown:
+            raise bad(f"the fake does not model [{sorted(unknown)[0]}]")
+        names = self.resolve(target)
+        yellow = any(int(self.indices[n].settings.get("index.number_of_replicas", 1)) > 0 for n in names)
+        status = "yellow" if yellow else "green"
+        rank = {"green": 0, "yellow": 1, "red": 2}
+        timed_out = rank[status] > rank.get(query.get("wait_for_status", "red"), 2)
+        return (408 if timed_out else 200), {"cluster_name": "fake", "status": status, "timed_out": timed_out,
+                                             "number_of_nodes": 1, "active_shards": len(names)}
+
+    def warmup(self, target: str) -> tuple[int, Any]:
+        names = self.resolve(target)
+        not_knn = [n for n in names if self.indices[n].settings.get("index.knn") != "true"]
+        if not_knn:  # k-NN plugin/rest/RestKNNWarmupHandler.createKNNWarmupRequest
+            raise bad(f"Warm up request rejected. One or more indices have 'index.knn' set to false. {not_knn}",
+                      "knn_invalid_indices_exception")
+        for n in names:
+            self.indices[n].warmups += 1
+        return 200, {"_shards": {"total": len(names), "successful": len(names), "failed": 0}}
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8") or "{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"Failed to parse request body: {exc}", "parse_exception") from None
+def _glob(name: str, pattern: str) -> bool:
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
+
+
+def _nested(flat: dict) -> dict:
+    nested: dict = {}
+    for k, v in flat.items():
+        node = nested
+        *head, last = k.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = v
+    return nested
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -569,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
         if fault is not None and fault.kind == "status":
-            err = ApiError(fault.status, "es_rejected_execution_exception" if fault.status == 429 else "fake_fault",
+            err = ApiError(fault.status, "rejected_execution_exception" if fault.status == 429 else "fake_fault",
                            f"injected HTTP {fault.status}")
             self._send(fault.status, err.body())
             return

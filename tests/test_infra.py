@@ -299,6 +299,76 @@ def test_domain_policy_lets_the_ingest_role_write(template):
     assert len(principals_seen) == 2, "only the function role and the ingest role"
 
 
+def domain_path_checker(template: dict[str, Any], role: str, alias: str):
+    """(method, path) -> whether the domain's access policy lets `role` send it, matched the way
+    Amazon OpenSearch Service authorises a request: by its URL, as resource
+    `domain/{name}/{path}` (developer guide, "Identity and Access Management in Amazon OpenSearch
+    Service"; `*` in a policy's resource matches any characters). tests/test_opensearch.py feeds
+    it every request the backend sent."""
+    grants = _domain_grants(template, role)
+    compiled = {action: [re.compile(re.escape(r.split("/${DomainName}/", 1)[1].replace("${OpenSearchIndex}", alias))
+                                    .replace(r"\*", ".*") + "$") for r in resources]
+                for action, resources in grants.items()}
+
+    def allowed(method: str, path: str) -> bool:
+        from urllib.parse import unquote
+
+        resource = unquote(path.split("?", 1)[0]).lstrip("/")
+        return any(p.match(resource) for p in compiled.get(f"es:ESHttp{method.title()}", []))
+
+    return allowed
+
+
+def test_path_checker_matches_by_url():
+    template = load_template()
+    ingest = domain_path_checker(template, "IngestRole", "photos")
+    assert ingest("POST", "/photos-m-8-20260101000000000/_bulk")
+    assert not ingest("POST", "/_bulk") and not ingest("POST", "/_aliases") and not ingest("POST", "/other/_bulk")
+    assert ingest("PUT", "/photos-m-8-1/_alias/photos") and not ingest("PUT", "/other/_alias/photos")
+    search = domain_path_checker(template, "SearchFunctionRole", "photos")
+    assert search("POST", "/photos-x/_search") and not search("POST", "/photos-x/_bulk")
+    assert not search("PUT", "/photos-x")
+
+
+def test_every_opensearch_grant_names_the_alias_prefix(template):
+    """No domain-wide path (/_bulk, /_aliases, /_cluster/health): Amazon OpenSearch Service
+    authorises by URL, and those URLs do not say which index a request touches."""
+    for role in ("SearchFunctionRole", "IngestRole"):
+        for action, resources in _domain_grants(template, role).items():
+            for r in resources:
+                assert r.endswith(("/${OpenSearchIndex}*", "/${OpenSearchIndex}*/_search")), (role, action, r)
+    role_policies = [doc for name in ("SearchFunctionRole", "IngestRole")
+                     for p in template["Resources"][name]["Properties"]["Policies"] for doc in branches(p)]
+    es = [r for doc in role_policies for stmt in doc["PolicyDocument"]["Statement"]
+          if str(stmt["Action"]).startswith(("es:", "['es:")) for r in as_list(stmt["Resource"])]
+    assert es and all(r["Fn::Sub"].endswith(("/${OpenSearchIndex}*", "/${OpenSearchIndex}*/_search")) for r in es)
+
+
+def test_domain_refuses_indexes_named_in_request_bodies(template):
+    """With rest.action.multi.allow_explicit_index left true, a bulk body could write an index its
+    URL does not name, past a URL-based policy (developer guide, "Advanced options and API
+    considerations")."""
+    options = template["Resources"]["SearchDomain"]["Properties"]["AdvancedOptions"]
+    assert options == {"rest.action.multi.allow_explicit_index": "false"}
+
+
+@pytest.mark.parametrize("instance, ok", [
+    ("r7g.large.search", True), ("r6g.xlarge.search", True), ("r6gd.16xlarge.search", True),
+    ("m5.2xlarge.search", True), ("c6g.large.search", True), ("im4gn.large.search", True),
+    ("or1.large.search", True), ("r4.large.search", True), ("t3.small.search", True),
+    # No encryption at rest ("The R3 instance types do not support encryption of data at rest").
+    ("r3.large.search", False), ("r3.8xlarge.search", False),
+    # Previous generation, their restrictions unread: refused rather than assumed.
+    ("m3.large.search", False), ("i2.xlarge.search", False), ("t2.small.search", False),
+    ("i3.large.search", False),  # instance storage only: this template attaches EBS volumes
+    ("r7g.large", False), ("r7g.large.search.x", False),
+])
+def test_instance_types_are_ones_that_encrypt_at_rest(template, instance, ok):
+    pattern = template["Parameters"]["InstanceType"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, instance)) is ok
+    assert re.fullmatch(pattern, template["Parameters"]["InstanceType"]["Default"])
+
+
 def test_index_bucket_private_encrypted_versioned_tls_only(template):
     bucket = template["Resources"]["IndexBucket"]
     assert bucket["Condition"] == "IsEmbedded"

@@ -68,3 +68,39 @@ def test_folder_deletions_reach_opensearch(env, fake_opensearch, photo_folder, t
     next(folder.rglob("*.png")).unlink()
     second = execute(argv)
     assert (second.deleted, second.encoded, second.skipped["unchanged"], second.index_count) == (1, 0, 11, 11)
+
+
+@pytest.mark.parametrize("service", ["es", "aoss"])
+def test_bad_items_are_reported_and_the_load_goes_on(tiny_encoder, tmp_path, service):
+    """An id no index can hold (over 512 bytes of UTF-8) and metadata OpenSearch refuses (an
+    object where the mapping has a keyword) fail one item each; the others are indexed."""
+    from fake_opensearch import FakeOpenSearch
+
+    from clipsearch.index.opensearch import OpenSearchIndex
+    from conftest import make_image
+    from ingest.cache import NoCache
+    from ingest.pipeline import Item, Pipeline, PipelineOptions
+    from ingest.progress import Summary
+
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"p{i}.jpg")
+        paths[-1].write_bytes(make_image(700 + i))
+    items = [Item(str(p), p, f"photo{i}", {"source": "unsplash"}) for i, p in enumerate(paths)]
+    items[1].doc_id = "é" * 300  # 300 characters, 600 bytes
+    items[4].metadata["photographer"] = {"name": "an object"}
+    with FakeOpenSearch(service=service, refresh_seconds=0.05) as fake:
+        settings = Settings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_INDEX": "bad", "OPENSEARCH_REPLICAS": "0",
+                                      "OPENSEARCH_SERVICE": service})
+        index = OpenSearchIndex.from_settings(settings, model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
+        summary = Summary("unsplash")
+        with index.loading():
+            pipe = Pipeline(tiny_encoder, index, NoCache(), PipelineOptions(batch_size=3), summary)
+            done = pipe.run(items)
+            pipe.save()
+        failed = dict(summary.failed)
+        assert set(failed) == {str(paths[1]), str(paths[4])}
+        assert failed[str(paths[1])].startswith("bad_id:") and "600 bytes" in failed[str(paths[1])]
+        assert failed[str(paths[4])].startswith("rejected_by_index:") and "photographer" in failed[str(paths[4])]
+        assert summary.indexed == 4 and set(done.values()) == {"photo0", "photo2", "photo3", "photo5"}
+        assert sorted(index.ids()) == ["photo0", "photo2", "photo3", "photo5"] and index.count() == 4

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from clipsearch.config import Settings
-from clipsearch.errors import BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, ModelMismatch, NotFound
+from clipsearch.errors import (BackendUnavailable, ClipsearchError, DocumentsRejected, IndexMissing, InvalidInput,
+                               ModelMismatch, NotFound)
 from clipsearch.index import Document, check_model, open_index
 from clipsearch.index import opensearch_mapping as om
 from clipsearch.index.faiss_index import FaissIndex
@@ -131,7 +132,7 @@ def test_index_body_has_no_removed_settings_and_rejects_nmslib():
         om.index_body(model_id="m", dim=4, engine="nmslib")
     with pytest.raises(ValueError, match="float vectors only"):
         om.index_body(model_id="m", dim=4, data_type="byte", mode="on_disk")
-    with pytest.raises(ValueError, match="faiss"):
+    with pytest.raises(ValueError, match="not offered by the lucene engine"):
         om.index_body(model_id="m", dim=4, engine="lucene", mode="on_disk", compression="32x")
     lucene = om.index_body(model_id="m", dim=4, engine="lucene", m=8, ef_construction=64)
     assert lucene["mappings"]["properties"]["vector"]["method"]["engine"] == "lucene"
@@ -260,16 +261,33 @@ def test_bad_search_input_is_invalid_input(fake, kwargs, match):
 
 
 @pytest.mark.parametrize("doc, match", [
-    (Document("", np.ones(DIM)), "non-empty"), (Document("x" * 513, np.ones(DIM)), "512"),
+    (Document("", np.ones(DIM)), "non-empty"), (Document("x" * 513, np.ones(DIM)), "513 bytes"),
+    (Document("é" * 257, np.ones(DIM)), "514 bytes"),  # 257 characters, 514 bytes of UTF-8
+    (Document("bad\ud800", np.ones(DIM)), "not valid Unicode"),
     (Document("a", np.ones(DIM + 2)), "dimensions"), (Document("a", np.zeros(DIM)), "zeros"),
     (Document("a", np.full(DIM, np.inf)), "NaN"), (Document("a", np.ones(DIM), {"vector": 1}), "reserved"),
-    (Document("a", np.ones(DIM), {"x": object()}), "JSON"), (Document("a", np.ones(DIM), {"featured": "yes"}), "featured"), (Document("a", np.ones(DIM), {"x": float("nan")}), "JSON"),
+    (Document("a", np.ones(DIM), {"x": object()}), "JSON"), (Document("a", np.ones(DIM), {"featured": "yes"}), "featured"),
+    (Document("a", np.ones(DIM), {"x": float("nan")}), "JSON"),
+    (Document("a", np.ones(DIM), {"orientation": {"nested": "object"}}), "holds an object"),
+    (Document("a", np.ones(DIM), {"photographer": ["x", {"y": 1}]}), "holds an object"),
+    (Document("a", np.ones(DIM), metadata=["not", "a", "dict"]), "dict"),
 ])
-def test_bad_documents_are_invalid_input_and_nothing_is_written(fake, doc, match):
+def test_a_bad_document_is_refused_alone_and_the_others_are_written(fake, doc, match):
     index = open_ingest(Cluster(fake.url, fake, "bad").settings())
-    with pytest.raises(InvalidInput, match=match):
+    with pytest.raises(DocumentsRejected, match=match) as err:
         index.upsert([Document("good", np.ones(DIM)), doc])
-    assert fake.doc_count(index.index) == 0
+    assert err.value.written == 1 and len(err.value.rejected) == 1 and isinstance(err.value, InvalidInput)
+    assert list(fake.indices[index.index].docs) == ["good"]
+
+
+def test_a_document_the_cluster_refuses_is_reported_and_the_others_are_written(fake):
+    index = open_ingest(Cluster(fake.url, fake, "refused").settings())
+    fake.indices[index.index].props["width"]["ignore_malformed"] = False  # as a cluster without the setting
+    with pytest.raises(DocumentsRejected, match="width") as err:
+        index.upsert([Document("ok", np.ones(DIM), {"width": 3}), Document("odd", np.ones(DIM), {"width": "wide"})])
+    assert set(err.value.rejected) == {"odd"} and err.value.written == 1
+    assert "mapper_parsing_exception" in err.value.rejected["odd"]
+    assert list(fake.indices[index.index].docs) == ["ok"]
 
 
 def test_wrongly_typed_metadata_keeps_the_document(cluster):
@@ -324,20 +342,40 @@ def test_alias_moves_only_when_a_load_completes(fake):
     assert fake.aliases == {"ckpt": {b.index}}
 
 
-def test_alias_swap_is_one_atomic_request(fake):
+def test_alias_moves_with_index_scoped_requests_new_one_first(fake):
     settings = Cluster(fake.url, fake, "swap").settings()
     a, _, _ = loaded(settings, n=5)
     b = open_ingest(settings, model_id="org/model-b", dim=8)
     b.upsert(docs(5, dim=8)[0])
     before = len(fake.requests)
     b.save()
-    alias_calls = [r for r in fake.requests[before:] if r.path.startswith("/_aliases")]
-    assert len(alias_calls) == 1
-    import json
-
-    assert json.loads(alias_calls[0].body) == {"actions": [{"remove": {"index": a.index, "alias": "swap"}},
-                                                           {"add": {"index": b.index, "alias": "swap"}}]}
+    moves = [(r.method, r.path) for r in fake.requests[before:] if "_alias" in r.path and r.method != "GET"]
+    # Add, then remove: no moment without an alias, and each URL names the index it changes
+    # (the domain's policy is matched against URLs; POST /_aliases names its indexes in the body).
+    assert moves == [("PUT", f"/{b.index}/_alias/swap"), ("DELETE", f"/{a.index}/_alias/swap")]
     assert fake.aliases == {"swap": {b.index}}
+
+
+def test_an_alias_caught_between_two_generations_serves_the_newest(fake):
+    """Killed between the move's two requests, the alias names both generations: readers take the
+    newest (the one the move was heading to), the next ingest finishes the move."""
+    settings = Cluster(fake.url, fake, "caught").settings()
+    a, _, _ = loaded(settings, n=5)
+    b = open_ingest(settings, model_id="org/model-b", dim=8)
+    b.upsert(docs(4, dim=8)[0])
+    b.client.indices.refresh(index=b.index)
+    b.client.indices.put_alias(index=b.index, name="caught")  # the first request of the move only
+    assert fake.aliases == {"caught": {a.index, b.index}}
+    server = OpenSearchIndex.from_settings(settings, client=make_client(settings))
+    assert (server.index, server.model_id, server.count()) == (b.index, "org/model-b", 4)
+    again = open_ingest(settings, model_id="org/model-b", dim=8)
+    with again.loading():
+        again.save()
+    assert fake.aliases == {"caught": {b.index}}
+    fake.indices["caught-unrelated"] = fake.indices[a.index]  # an index that is not a generation of it
+    fake.aliases["caught"].add("caught-unrelated")
+    with pytest.raises(IndexMissing, match="points at 2 indices"):
+        OpenSearchIndex.from_settings(settings, client=make_client(settings))
 
 
 def test_open_index_dispatches_to_opensearch(fake):
@@ -575,7 +613,7 @@ def test_search_request_shape(fake):
     knn = body["query"]["knn"]["vector"]
     assert knn["k"] == 3 and body["size"] == 3 and knn["method_parameters"] == {"ef_search": 128}
     assert knn["filter"] == {"bool": {"filter": [{"terms": {"orientation": ["portrait"]}}]}}
-    assert body["_source"] == {"excludes": ["vector", "doc_id"]}
+    assert body["_source"] == {"excludes": ["vector"]}  # doc_id comes back: on Serverless it is the only id
     assert 1.0999 < body["min_score"] <= 1.1 and "post_filter" not in body
 
 
@@ -606,40 +644,107 @@ def test_any_filters_mean_the_same_as_in_the_embedded_backend(fake):
     same()
 
 
-def test_the_server_path_stays_within_the_query_roles_permissions(fake):
-    """infra/template.yaml lets the function GET/HEAD `{alias}*` and POST `{alias}*/_search` and
-    `{alias}*/_count`, nothing else: opening, searching, getting and counting must fit."""
-    import re
+def _within(fake, role: str, alias: str, since: int = 0) -> None:
+    """Every request the fake saw since `since` is one infra/template.yaml's domain policy lets
+    `role` send (matched by URL, as Amazon OpenSearch Service does)."""
+    from test_infra import domain_path_checker, load_template
 
+    allowed = domain_path_checker(load_template(), role, alias)
+    refused = [(r.method, r.path) for r in fake.requests[since:] if not allowed(r.method, r.path)]
+    assert not refused, refused
+
+
+def test_the_server_path_stays_within_the_query_roles_permissions(fake):
     settings = Cluster(fake.url, fake, "clipsearch").settings()
     loaded(settings, n=10)
     before = len(fake.requests)
     server = OpenSearchIndex.from_settings(settings, client=make_client(settings))
     hit = server.search(server.get("p3").vector, k=3, filters={"orientation": "landscape"}, min_score=0.0)
-    assert hit and server.count() == 10
-    for r in fake.requests[before:]:
-        path = r.path.split("?")[0]
-        allowed = (r.method in ("GET", "HEAD") and re.match(r"^/clipsearch[^/]*(/|$)", path)) or (
-            r.method == "POST" and re.match(r"^/clipsearch[^/]*/(_search|_count)$", path))
-        assert allowed, (r.method, r.path)
+    assert hit and server.count() == 10 and server.ids()
+    _within(fake, "SearchFunctionRole", "clipsearch", before)
 
 
-def test_the_ingest_path_stays_within_the_ingest_roles_permissions(fake):
-    """infra/template.yaml lets the ingest role do anything on `{alias}*`, plus POST `/_bulk` and
-    `/_aliases`: creating, loading, checkpointing, deleting and swapping must fit."""
-    import re
+def test_the_ingest_path_stays_within_the_ingest_roles_permissions():
+    """Creating, loading, checkpointing, deleting, merging, warming and moving the alias all fit
+    the ingest role's policy, on a domain whose bulk bodies may not name an index."""
+    with FakeOpenSearch(allow_explicit_index=False) as fake:
+        settings = Cluster(fake.url, fake, "clipsearch").settings(opensearch_force_merge=True)
+        loaded(settings, n=10)
+        b = open_ingest(settings, model_id="org/model-b", dim=8)
+        with b.loading():
+            b.upsert(docs(10, dim=8)[0])
+            b.ids()
+            b.get("p1")
+            b.delete(["p2"])
+            b.save()
+        assert b.count() == 9 and fake.aliases == {"clipsearch": {b.index}}
+        assert fake.indices[b.index].force_merges == 1 and fake.indices[b.index].warmups == 1
+        _within(fake, "IngestRole", "clipsearch")
 
-    settings = Cluster(fake.url, fake, "clipsearch").settings(opensearch_force_merge=True)
-    loaded(settings, n=10)
-    b = open_ingest(settings, model_id="org/model-b", dim=8)
-    with b.loading():
-        b.upsert(docs(10, dim=8)[0])
-        b.ids()
-        b.get("p1")
-        b.delete(["p2"])
-        b.save()
-    assert b.count() == 9 and fake.aliases == {"clipsearch": {b.index}}
-    for r in fake.requests:
-        path = r.path.split("?")[0]
-        assert re.match(r"^/clipsearch[^/]*(/|$)", path) or (r.method == "POST" and path in ("/_bulk", "/_aliases")), \
-            (r.method, r.path)
+
+def test_bulk_requests_name_their_index_in_the_url_only():
+    """A domain with rest.action.multi.allow_explicit_index=false refuses a bulk body naming an
+    index; the backend's bulk requests go to /{index}/_bulk with none in the body."""
+    with FakeOpenSearch(allow_explicit_index=False) as fake:
+        index, _, _ = loaded(Cluster(fake.url, fake, "scoped").settings(), n=30)
+        bulks = [r for r in fake.requests if r.path.split("?")[0].endswith("/_bulk")]
+        assert bulks and all(r.path.startswith(f"/{index.index}/_bulk") for r in bulks)
+        assert all(b'"_index"' not in r.body for r in bulks)
+        import requests
+
+        raw = b'{"index": {"_index": "elsewhere", "_id": "x"}}\n{}\n'
+        r = requests.post(f"{fake.url}/{index.index}/_bulk", data=raw, headers={"Content-Type": "application/x-ndjson"},
+                          timeout=5)
+        assert r.status_code == 400 and "explicit index in bulk is not allowed" in r.text
+
+
+# -- the engine's rules, checked on every cluster (the fake's table must be the engine's) ----------
+@pytest.mark.parametrize("engine, mode, compression", [
+    ("faiss", None, "2x"), ("faiss", None, "4x"), ("faiss", "on_disk", None), ("faiss", "on_disk", "1x"),
+    ("faiss", "on_disk", "16x"), ("lucene", None, "2x"), ("lucene", None, "4x"), ("lucene", "on_disk", None),
+    ("lucene", "on_disk", "1x"), ("lucene", None, "8x"),
+])
+def test_compression_table_is_the_engines(cluster, engine, mode, compression):
+    """The fake's table (fake_opensearch_rules, from the k-NN resolvers) against what the cluster
+    does, for the cluster's own version; and clipsearch refuses all the cluster refuses."""
+    from opensearchpy.exceptions import RequestError
+
+    from fake_opensearch_rules import ApiError, check_compression
+
+    client = cluster.client()
+    version = client.info()["version"]["number"]
+    try:
+        check_compression(engine, mode, compression, version)
+        expected = True
+    except ApiError:
+        expected = False
+    vector = {"type": "knn_vector", "dimension": 4,
+              "method": {"name": "hnsw", "engine": engine, "space_type": "innerproduct"}}
+    vector.update({k: v for k, v in (("mode", mode), ("compression_level", compression)) if v})
+    name = f"{cluster.alias}-table"
+    try:
+        client.indices.create(index=name, body={"settings": {"index": {"knn": True, "number_of_replicas": 0}},
+                                                "mappings": {"properties": {"v": vector}}})
+        created = True
+        client.indices.delete(index=name)
+    except RequestError:
+        created = False
+    assert created is expected, (engine, mode, compression, version)
+    if not created:  # whatever the cluster refuses, clipsearch refuses before sending it
+        with pytest.raises(ValueError):
+            om.check_options(engine, "float", mode, compression, 16, 100, 100)
+
+
+def test_merge_once_and_warmup_on_the_cluster(cluster):
+    settings = cluster.settings(opensearch_force_merge=True)
+    index = open_ingest(settings)
+    ds, vecs = docs(60, seed=12)
+    with index.loading():
+        for start in range(0, 60, 20):
+            index.upsert(ds[start:start + 20])
+            index.save()
+    stats = cluster.client().indices.stats(index=index.index, metric="segments")
+    assert stats["indices"][index.index]["primaries"]["segments"]["count"] <= 1
+    got = cluster.client().transport.perform_request("GET", f"/_plugins/_knn/warmup/{index.index}")
+    assert got["_shards"]["failed"] == 0
+    assert index.search(vecs[4], k=1)[0].id == "p4"

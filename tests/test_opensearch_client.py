@@ -148,6 +148,12 @@ def test_bad_connection_settings_say_what_to_fix(env, match):
     ({"OPENSEARCH_ENGINE": "nmslib"}, "nmslib"), ({"OPENSEARCH_DATA_TYPE": "half"}, "DATA_TYPE"),
     ({"OPENSEARCH_MODE": "fast"}, "MODE"), ({"OPENSEARCH_COMPRESSION": "3x"}, "COMPRESSION"),
     ({"OPENSEARCH_M": "1"}, "OPENSEARCH_M"), ({"OPENSEARCH_DATA_TYPE": "byte", "OPENSEARCH_MODE": "on_disk"}, "float"),
+    # The k-NN plugin's table: faiss takes 1x 2x 8x 16x 32x, lucene 1x 4x; on_disk needs compression.
+    ({"OPENSEARCH_COMPRESSION": "4x"}, "not offered by the faiss engine: use one of 1x, 2x, 8x, 16x, 32x"),
+    ({"OPENSEARCH_ENGINE": "lucene", "OPENSEARCH_COMPRESSION": "2x"}, "not offered by the lucene engine"),
+    ({"OPENSEARCH_ENGINE": "lucene", "OPENSEARCH_MODE": "on_disk", "OPENSEARCH_COMPRESSION": "32x"}, "lucene"),
+    ({"OPENSEARCH_MODE": "on_disk", "OPENSEARCH_COMPRESSION": "1x"}, "on_disk needs a compressed level"),
+    ({"OPENSEARCH_ENGINE": "lucene", "OPENSEARCH_SERVICE": "aoss"}, "Serverless"),
 ])
 def test_bad_index_options_are_refused_before_creating_anything(fake_opensearch, env, match):
     settings = Settings.from_env({"OPENSEARCH_URL": fake_opensearch.url, **env})
@@ -164,3 +170,22 @@ def test_new_settings_read_from_the_environment():
     assert s.opensearch_replicas == 0 and s.opensearch_force_merge and s.opensearch_compression == "16x"
     with pytest.raises(ValueError, match="OPENSEARCH_EF_SEARCH"):
         Settings.from_env({"OPENSEARCH_EF_SEARCH": "lots"})
+
+
+@pytest.mark.parametrize("env, compression", [
+    ({"OPENSEARCH_ENGINE": "lucene", "OPENSEARCH_MODE": "on_disk"}, None),  # lucene's on_disk: 4x by default
+    ({"OPENSEARCH_ENGINE": "lucene", "OPENSEARCH_COMPRESSION": "4x"}, "4x"),
+    ({"OPENSEARCH_MODE": "on_disk", "OPENSEARCH_COMPRESSION": "8x"}, "8x"),
+    ({"OPENSEARCH_COMPRESSION": "2x"}, "2x"),
+])
+@pytest.mark.parametrize("version", ["2.19.2", "3.1.0"])
+def test_valid_compressions_are_created_and_rescored(env, compression, version):
+    with FakeOpenSearch(version=version) as fake:
+        settings = Settings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_REPLICAS": "0", **env})
+        index = OpenSearchIndex.from_settings(settings, model_id="m", dim=4, client=make_client(settings))
+        assert index.compression == compression
+        with index.loading():
+            index.upsert([Document(f"d{i}", np.eye(4)[i]) for i in range(4)])
+        assert index.search(np.eye(4)[2], k=1)[0].id == "d2"
+        body = fake.requests[-1].body
+        assert (b'"rescore"' in body) is (compression != "2x")  # quantised codes are re-scored

@@ -8,7 +8,6 @@ from typing import Any, ContextManager, Iterable, Protocol, Sequence, runtime_ch
 import numpy as np
 
 from clipsearch.errors import InvalidInput, ModelMismatch
-from clipsearch.schema import has_surrogates
 
 # Stored vectors are L2-normalised float32: their norms are 1 to within ~1e-6 even at 4096
 # dimensions. A row further off than this was not written by an encoder (damage, a bad cache).
@@ -35,7 +34,8 @@ class VectorIndex(Protocol):
     dim: int
 
     def upsert(self, docs: Iterable[Document]) -> int:
-        """Insert or replace documents by id; returns how many were written."""
+        """Insert or replace documents by id; returns how many were written. A backend may write
+        the valid documents and then raise DocumentsRejected naming the others (OpenSearch)."""
 
     def search(
         self,
@@ -101,13 +101,32 @@ def vector_problem(vector, dim: int) -> str | None:
     return None
 
 
+# OpenSearch refuses a longer `_id` (IndexRequest.validate, opensearch-project/OpenSearch
+# server/src/main/java/org/opensearch/action/index/IndexRequest.java: "id [...] is too long, must
+# be no longer than 512 bytes"), and BulkRequest.validate fails the whole bulk request over one
+# such id. Every backend applies the same rule, so an index can move between them.
+MAX_ID_BYTES = 512
+
+
+def id_problem(doc_id) -> str | None:
+    """Why `doc_id` cannot be a document id, or None when it can."""
+    if not isinstance(doc_id, str) or not doc_id:
+        return f"document id must be a non-empty string, got {doc_id!r}"
+    try:
+        size = len(doc_id.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: no JSON body or URL can carry it
+        return f"document id is not valid Unicode text: {doc_id[:40]!r}"
+    if size > MAX_ID_BYTES:
+        return f"document id is {size} bytes of UTF-8, the limit is {MAX_ID_BYTES}: {doc_id[:40]!r}..."
+    return None
+
+
 def checked_vectors(docs: Sequence[Document], dim: int) -> np.ndarray:
     """Validate documents for writing (ids, metadata, vectors); their L2-normalised (N, dim) vectors."""
     for d in docs:
-        if not isinstance(d.id, str) or not d.id or len(d.id) > 512:
-            raise InvalidInput(f"document id must be a non-empty string of at most 512 characters, got {d.id!r}")
-        if has_surrogates(d.id):  # not UTF-8: no JSON answer or OpenSearch request could carry it
-            raise InvalidInput(f"document id {d.id!r} is not valid Unicode (it holds a lone surrogate)")
+        problem = id_problem(d.id)
+        if problem is not None:
+            raise InvalidInput(problem)
         if not isinstance(d.metadata, dict):
             raise InvalidInput(f"document {d.id!r}: metadata must be a dict")
     rows = [np.asarray(d.vector, dtype=np.float32).reshape(-1) for d in docs]

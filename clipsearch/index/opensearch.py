@@ -1,12 +1,17 @@
-"""The OpenSearch k-NN backend: the VectorIndex interface over an OpenSearch 2.17+/3.x cluster.
+"""The OpenSearch k-NN backend: the VectorIndex interface over an OpenSearch 2.17+/3.x cluster,
+Amazon OpenSearch Service (`es`) or an OpenSearch Serverless vector collection (`aoss`).
 
 Versioning: clients name an alias (OPENSEARCH_INDEX, default `clipsearch`); the data lives in a
-physical index named after the model, `{alias}-{model slug}-{dim}-{timestamp}`, whose mapping's
-`_meta` records the model id and dimension. Ingest with the alias's model writes into the live
-index (document ids are stable, so a re-run loads nothing twice); ingest with another model
-builds a new physical index (or resumes one an earlier run left unfinished) and `save()` swaps
-the alias to it in one atomic `_aliases` request. The server resolves the alias once at start-up
-and then reads that physical index, so a warm function keeps serving the model it was built for.
+physical index (a generation) named after the model, `{alias}-{model slug}-{dim}-{timestamp}`,
+whose mapping's `_meta` records the model id and dimension. Ingest with the alias's model writes
+into the live index (document ids are stable, so a re-run loads nothing twice); ingest with
+another model builds a new generation (or resumes one an earlier run left unfinished) and moves
+the alias to it when the load completes (opensearch_alias). The server resolves the alias once at
+start-up and then reads that physical index, so a warm function keeps serving its model.
+
+Document ids: managed clusters take clipsearch's id as `_id`. Serverless vector collections assign
+`_id` themselves, so there every document is found through its `doc_id` keyword field
+(opensearch_ids), which all documents carry anyway.
 
 The vector stays in `_source` (so `get()` can return it for "more like this": knn_vector fields
 answer neither `docvalue_fields` nor `stored_fields`) and every search excludes it from the hits.
@@ -15,6 +20,7 @@ answer neither `docvalue_fields` nor `stored_fields`) and every search excludes 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from typing import Any, Iterable, Sequence
@@ -22,63 +28,21 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from clipsearch.config import Settings
-from clipsearch.errors import (BackendUnavailable, ClipsearchError, IndexMissing, InvalidInput, ModelMismatch,
-                               NotFound)
+from clipsearch.errors import BackendUnavailable, ClipsearchError, DocumentsRejected, IndexMissing, InvalidInput, \
+    ModelMismatch, NotFound
+from clipsearch.index import opensearch_alias as alias_ops
+from clipsearch.index import opensearch_ids as lookup
+from clipsearch.index import opensearch_load as load
 from clipsearch.index import opensearch_mapping as om
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, id_problem
 from clipsearch.index.filters import parse_filters
 from clipsearch.index.opensearch_bulk import Action, BulkWriter
+from clipsearch.index.opensearch_errors import INGEST_HINT, translate_errors
 
 log = logging.getLogger(__name__)
 MAX_K = 10_000  # OpenSearch's limit for k and for size
 PAGE = 1000
 ON_DISK_OVERSAMPLE = 5.0
-
-
-def _error_type(exc) -> str:
-    info = getattr(exc, "info", None)
-    if isinstance(info, dict) and isinstance(info.get("error"), dict):
-        return str(info["error"].get("type", ""))
-    return str(getattr(exc, "error", ""))
-
-
-def _reason(exc) -> str:
-    info = getattr(exc, "info", None)
-    if isinstance(info, dict) and isinstance(info.get("error"), dict):
-        return str(info["error"].get("reason", ""))[:500]
-    return str(info)[:500]
-
-
-@contextlib.contextmanager
-def translate_errors(what: str, index: str, url: str):
-    """OpenSearch client exceptions as the domain's errors, the cause logged."""
-    from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
-
-    try:
-        yield
-    except OSConnectionError as exc:
-        log.error("OpenSearch %s at %s failed: %s", what, url, exc)
-        raise BackendUnavailable(f"OpenSearch is unreachable ({what}): {type(exc).__name__}") from exc
-    except TransportError as exc:
-        status = exc.status_code if isinstance(exc.status_code, int) else 0
-        if status == 404 and _error_type(exc) == "index_not_found_exception":
-            raise IndexMissing(
-                f"OpenSearch index {index!r} does not exist at {url}: create it with "
-                f"`python -m ingest unsplash --backend opensearch` (or `python -m ingest folder PATH --backend opensearch`)"
-            ) from exc
-        if status in (401, 403):
-            log.error("OpenSearch %s at %s refused: %s %s", what, url, status, exc.info)
-            raise BackendUnavailable(f"OpenSearch refused the request ({status}): check OPENSEARCH_AUTH and the "
-                                     "credentials' permissions") from exc
-        if status == 429 or status >= 500 or status == 0:
-            log.error("OpenSearch %s at %s failed: %s %s", what, url, status, exc.info)
-            raise BackendUnavailable(f"OpenSearch answered {status or 'an error'} ({what})",
-                                     retry_after=10 if status == 429 else 5) from exc
-        if status == 404:  # a missing document: the caller decides
-            raise
-        # A request the cluster refuses (say, no k-NN plugin): not transient, not the client's input.
-        log.error("OpenSearch %s at %s refused: %s %s", what, url, status, exc.info)
-        raise ClipsearchError(f"OpenSearch refused {what} ({status} {_error_type(exc)}): {_reason(exc)}") from exc
 
 
 class OpenSearchIndex:
@@ -88,17 +52,28 @@ class OpenSearchIndex:
                  byte_scale: float | None = None, ef_search: int = 128, engine: str = "faiss",
                  mode: str | None = None, compression: str | None = None, url: str = "",
                  live: str | None = None, force_merge: bool = False, service: str = "es",
-                 timeout: float = 10.0, bulk: BulkWriter | None = None):
+                 timeout: float = 10.0, bulk: BulkWriter | None = None, serving_replicas: int = 1,
+                 merge_wait_s: float = load.MERGE_WAIT_S, settle_wait_s: float = load.SETTLE_WAIT_S):
         self.client, self.alias, self.index = client, alias, index
         self.model_id, self.dim = model_id, int(dim)
         self.data_type, self.byte_scale = data_type, byte_scale
         self.ef_search, self.engine, self.mode, self.compression = ef_search, engine, mode, compression
         self.url, self.force_merge, self.service, self.timeout = url, force_merge, service, timeout
-        self._live = live  # the physical index the alias points at now (None: no alias yet)
+        self.serving_replicas = serving_replicas
+        self.merge_wait_s, self.settle_wait_s = merge_wait_s, settle_wait_s
+        self._live = live  # the physical index the alias pointed at when opened (None: no alias yet)
         self.bulk = bulk or BulkWriter(client)
         self._loading = 0
         self._saved_settings: dict[str, Any] | None = None
+        # Since the last completed load: what a Serverless settle must find (and must not).
+        self._written: set[str] = set()
+        self._removed: set[str] = set()
         self._lock = threading.Lock()
+
+    @property
+    def assigns_ids(self) -> bool:
+        """Serverless assigns `_id`: clipsearch's id lives only in the doc_id field."""
+        return self.service == "aoss"
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -111,24 +86,17 @@ class OpenSearchIndex:
         client = client if client is not None else get_client(settings)
         alias, url = settings.opensearch_index, settings.opensearch_url or ""
         common = dict(url=url, force_merge=settings.opensearch_force_merge, service=settings.opensearch_service,
-                      timeout=settings.opensearch_timeout, ef_search=settings.opensearch_ef_search, **opts)
+                      timeout=settings.opensearch_timeout, ef_search=settings.opensearch_ef_search,
+                      serving_replicas=settings.opensearch_replicas, **opts)
         with translate_errors("reading the index mapping", alias, url):
-            live = _mappings(client, alias)
+            live = alias_ops.mappings(client, alias)
+        live_name = alias_ops.choose(alias, live)
         if model_id is None:
-            if not live:
-                raise IndexMissing(f"OpenSearch index {alias!r} does not exist at {url}: create it with "
-                                   "`python -m ingest unsplash --backend opensearch`")
-            if len(live) > 1:
-                raise IndexMissing(f"OpenSearch alias {alias!r} points at {len(live)} indices ({', '.join(sorted(live))}); "
-                                   "it must point at one: re-run ingest to swap it")
-            name, mapping = next(iter(live.items()))
-            return cls._from_mapping(client, alias, name, mapping, live=name, **common)
+            if live_name is None:
+                raise IndexMissing(f"OpenSearch index {alias!r} does not exist at {url}: create it with {INGEST_HINT}")
+            return cls._from_mapping(client, alias, live_name, live[live_name], live=live_name, **common)
         if dim is None or dim < 1:
             raise ValueError("dim is required with model_id")
-        if len(live) > 1:
-            raise IndexMissing(f"OpenSearch alias {alias!r} points at {len(live)} indices ({', '.join(sorted(live))}); "
-                               "point it at one (POST _aliases) before ingesting")
-        live_name = next(iter(live), None)
         if live_name is not None:
             index = cls._from_mapping(client, alias, live_name, live[live_name], live=live_name, **common)
             if index.model_id == model_id and index.dim == dim:
@@ -139,9 +107,9 @@ class OpenSearchIndex:
         # Another model (or nothing) is live: resume an unfinished index for this model, or create one.
         prefix = om.physical_name(alias, model_id, dim, now=0).rsplit("-", 1)[0]
         with translate_errors("listing indices", alias, url):
-            candidates = _mappings(client, f"{prefix}-*")
+            candidates = alias_ops.mappings(client, f"{prefix}-*")
         for name in sorted(candidates, reverse=True):
-            meta = _meta(candidates[name])
+            meta = alias_ops.meta_of(candidates[name])
             if meta.get("model_id") == model_id and meta.get("dim") == dim and meta.get("alias") == alias:
                 log.info("resuming the unfinished index %s for model %s", name, model_id)
                 return cls._from_mapping(client, alias, name, candidates[name], live=live_name, **common)
@@ -151,12 +119,19 @@ class OpenSearchIndex:
     def create(cls, client, settings: Settings, *, model_id: str, dim: int, live: str | None = None,
                **common) -> "OpenSearchIndex":
         name = om.physical_name(settings.opensearch_index, model_id, dim)
+        service = settings.opensearch_service
         body = om.index_body(
-            model_id=model_id, dim=dim, alias=settings.opensearch_index, engine=settings.opensearch_engine, m=settings.opensearch_m,
-            ef_construction=settings.opensearch_ef_construction, ef_search=settings.opensearch_ef_search,
-            data_type=settings.opensearch_data_type, mode=settings.opensearch_mode,
-            compression=settings.opensearch_compression, shards=settings.opensearch_shards,
-            replicas=settings.opensearch_replicas)
+            model_id=model_id, dim=dim, alias=settings.opensearch_index, engine=settings.opensearch_engine,
+            m=settings.opensearch_m, ef_construction=settings.opensearch_ef_construction,
+            ef_search=settings.opensearch_ef_search, data_type=settings.opensearch_data_type,
+            mode=settings.opensearch_mode, compression=settings.opensearch_compression,
+            shards=settings.opensearch_shards, replicas=settings.opensearch_replicas, service=service)
+        if service == "aoss":
+            # Serverless manages shards and replicas itself ("you don't have to manage capacity
+            # yourself", developer guide, "Managing capacity limits"); whether it accepts these
+            # settings is not known, so they are not sent.
+            for key in ("number_of_shards", "number_of_replicas"):
+                body["settings"]["index"].pop(key)
         with translate_errors("creating the index", name, common.get("url", "")):
             client.indices.create(index=name, body=body)
         log.info("created OpenSearch index %s for model %s (%d-d)", name, model_id, dim)
@@ -164,11 +139,13 @@ class OpenSearchIndex:
 
     @classmethod
     def _from_mapping(cls, client, alias: str, name: str, mapping: dict, **common) -> "OpenSearchIndex":
-        meta = _meta(mapping)
+        meta = alias_ops.meta_of(mapping)
         vector = mapping.get("properties", {}).get(om.VECTOR_FIELD, {})
         if not meta.get("model_id") or not isinstance(meta.get("dim"), int):
             raise IndexMissing(f"OpenSearch index {name!r} was not created by clipsearch (no model in its _meta): "
                                f"point OPENSEARCH_INDEX elsewhere or re-ingest")
+        if isinstance(meta.get("replicas"), int):
+            common["serving_replicas"] = meta["replicas"]
         method = vector.get("method", {})
         return cls(client, alias=alias, index=name, model_id=meta["model_id"], dim=meta["dim"],
                    data_type=meta.get("data_type") or vector.get("data_type", "float"),
@@ -181,66 +158,103 @@ class OpenSearchIndex:
 
     # -- writing ---------------------------------------------------------------------------
     def upsert(self, docs: Iterable[Document]) -> int:
-        docs = list(docs)
-        if not docs:
-            return 0
-        vectors = self._validate(docs)
+        """Write documents; returns how many were written. Documents OpenSearch would refuse
+        (or did) are reported in DocumentsRejected after the others are written."""
         # One action per id, the last one winning as in the embedded index: two actions for one
         # id in parallel requests could land in either order.
-        latest = {d.id: (d, vec) for d, vec in zip(docs, vectors)}
-        actions = []
-        for d, vec in latest.values():
-            source = {k: v for k, v in d.metadata.items()}
-            source[om.VECTOR_FIELD] = om.encode_vector(vec, self.data_type, self.byte_scale)
-            source[om.ID_FIELD] = d.id
-            try:
-                actions.append(Action("index", self.index, d.id, source))
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput(f"document {d.id!r}: metadata is not JSON ({exc})") from None
+        docs = list(docs)
+        latest = {_key(d.id): d for d in docs}
+        if not latest:
+            return 0
+        rejected: dict[str, str] = {}
+        sources: dict[str, dict] = {}
+        for key, d in latest.items():
+            problem = om.document_problem(d.id, d.metadata, d.vector, self.dim)
+            source = None if problem else self._source(d)
+            if isinstance(source, str):
+                problem, source = source, None
+            if problem:
+                rejected[key] = problem
+            else:
+                sources[key] = source
+        old = self._old_copies(sources)
+        actions = [Action("index", key, None if self.assigns_ids else key, source) for key, source in sources.items()]
         with self._guard("bulk indexing"):
-            result = self.bulk.run(actions)
-        if result.errors:
-            first = "; ".join(f"{i}: {r}" for i, r in list(result.errors.items())[:3])
-            raise InvalidInput(f"OpenSearch rejected {len(result.errors)} of {len(docs)} documents ({first})")
-        return len(docs)
+            result = self.bulk.run(self.index, actions)
+        for seq, why in result.errors.items():
+            rejected[actions[seq].key] = f"OpenSearch refused it: {why}"
+        written = {actions[seq].key for seq in result.ok}
+        # Serverless: the copies a rewrite replaces go only once the new one is in, so a refused
+        # rewrite keeps the old document. Killed in between, the settle removes the extra copy.
+        self._remove_copies([(key, _id) for key in written for _id in old.get(key, [])])
+        self._written |= written
+        self._removed -= written
+        # Counted as the embedded index counts: every document given, a superseded one included.
+        done = sum(1 for d in docs if _key(d.id) in written)
+        if rejected:
+            raise DocumentsRejected(rejected, done)
+        return done
 
-    def _validate(self, docs: list[Document]) -> np.ndarray:
-        vectors = checked_vectors(docs, self.dim)
-        for d in docs:
-            if om.RESERVED & set(d.metadata):
-                raise InvalidInput(f"document {d.id!r}: metadata may not use the reserved fields {sorted(om.RESERVED)}")
-            for name in om.BOOLEAN_FIELDS & set(d.metadata):
-                # ignore_malformed covers numbers, not booleans: OpenSearch would reject the document
-                if not isinstance(d.metadata[name], (bool, type(None))):
-                    raise InvalidInput(f"document {d.id!r}: {name} must be true or false, got {d.metadata[name]!r}")
-        return vectors
+    def _source(self, d: Document) -> dict | str:
+        """The document as uploaded, or why it cannot be (not JSON)."""
+        vec = np.asarray(d.vector, dtype=np.float32).reshape(-1)
+        source = dict(d.metadata)
+        source[om.VECTOR_FIELD] = om.encode_vector(vec / np.linalg.norm(vec), self.data_type, self.byte_scale)
+        source[om.ID_FIELD] = d.id
+        try:
+            json.dumps(source, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return f"metadata is not JSON ({exc})"
+        return source
+
+    def _old_copies(self, sources: dict[str, dict]) -> dict[str, list[str]]:
+        """Serverless: the `_id`s of the searchable documents these ids already have."""
+        if not self.assigns_ids or not sources:
+            return {}
+        with self._guard("looking up documents"):
+            return lookup.assigned_ids(self.client, self.index, sources)
+
+    def _remove_copies(self, targets: list[tuple[str, str]]) -> None:
+        if not targets:
+            return
+        with self._guard("removing replaced documents"):
+            result = self.bulk.run(self.index, [Action("delete", key, _id) for key, _id in targets])
+        for why in result.errors.values():  # left for the settle, which removes extra copies
+            log.warning("could not remove a replaced document from %s: %s", self.index, why)
 
     def delete(self, ids: Sequence[str]) -> int:
-        actions = [Action("delete", self.index, i) for i in dict.fromkeys(ids)]
+        """Remove documents by id; returns how many existed."""
+        wanted = [i for i in dict.fromkeys(ids) if id_problem(i) is None]
+        if self.assigns_ids:
+            with self._guard("looking up documents"):
+                existing = lookup.assigned_ids(self.client, self.index, wanted) if wanted else {}
+            actions = [Action("delete", key, _id) for key, found in existing.items() for _id in found]
+        else:
+            actions = [Action("delete", key, key) for key in wanted]
         with self._guard("bulk delete"):
-            result = self.bulk.run(actions)
+            result = self.bulk.run(self.index, actions)
         if result.errors:
             raise BackendUnavailable(f"OpenSearch failed to delete {len(result.errors)} documents")
-        return sum(1 for status in result.ok.values() if status == 200)
+        self._removed |= set(wanted)
+        self._written -= set(wanted)
+        return len({actions[seq].key for seq, status in result.ok.items() if status == 200})
 
+    # -- loads -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def loading(self):
-        """No refreshes and no replicas while loading; the previous values come back on exit,
-        even when the load fails (a replica-less index must not outlive the load)."""
+        """Wrap a bulk load. Managed clusters: no refreshes and no replicas while loading, the
+        serving values back on exit, even when the load fails (a replica-less index must not
+        outlive the load). A load that ends without error completes (`_complete`): only then
+        may the alias move, so clients never see a half-built index of a new model."""
         with self._lock:
             outer = self._loading == 0
             self._loading += 1
         try:
-            if outer and self.service != "aoss":  # Serverless manages refresh and replicas itself
-                with self._guard("reading index settings"):
-                    got = self.client.indices.get_settings(index=self.index, params={"flat_settings": "true"})
-                flat = next(iter(got.values()))["settings"]
-                self._saved_settings = {"index.refresh_interval": flat.get("index.refresh_interval"),
-                                        "index.number_of_replicas": flat.get("index.number_of_replicas")}
-                with self._guard("pausing refresh"):
-                    self.client.indices.put_settings(index=self.index, body={
-                        "index.refresh_interval": "-1", "index.number_of_replicas": 0})
+            if outer and not self.assigns_ids:  # Serverless manages refresh and replicas itself
+                self._saved_settings = load.pause(self.client, self.index, self._guard, self.serving_replicas)
             yield
+            if outer:
+                self._complete(self.force_merge)
         except BaseException:
             if outer:
                 try:
@@ -248,49 +262,63 @@ class OpenSearchIndex:
                 except ClipsearchError as exc:  # never hide the error that ended the load
                     log.error("could not restore settings of %s after a failed load: %s", self.index, exc)
             raise
-        else:
-            if outer:
-                self._restore_settings()
-                # The load is complete: only now may the alias move to a new model's index.
-                self._point_alias()
         finally:
             with self._lock:
                 self._loading -= 1
 
     def _restore_settings(self) -> None:
         saved, self._saved_settings = self._saved_settings, None
-        if saved is None:
-            return
-        with self._guard("restoring index settings"):
-            # None resets a setting to its default, which is what an absent value meant.
-            self.client.indices.put_settings(index=self.index, body=saved)
+        if saved is not None:
+            load.restore(self.client, self.index, self._guard, saved)
 
     def save(self, force_merge: bool | None = None) -> None:
-        """Refresh (documents become searchable), optionally merge to one segment, then point
-        the alias at this index if it is not already (the model-change swap). Inside
-        `loading()` a save is a checkpoint: the swap waits for the load to end without error,
-        so clients never see a half-built index of a new model."""
-        force_merge = self.force_merge if force_merge is None else force_merge
-        if self.service != "aoss":
+        """Inside `loading()`: a checkpoint (managed clusters refresh, so what was written is
+        searchable and durable). Outside: complete what was written, as at the end of a load."""
+        if self._loading:
+            if not self.assigns_ids:  # Serverless has no refresh API (it refreshes on its own)
+                with self._guard("refreshing"):
+                    self.client.indices.refresh(index=self.index)
+            return
+        self._complete(self.force_merge if force_merge is None else force_merge)
+
+    def _complete(self, force_merge: bool) -> None:
+        """Make the index serve what was written, then point the alias at it. Managed: refresh,
+        merge once (when asked), restore the serving settings, warm the graphs. Serverless: wait
+        until the collection answers exactly the documents written."""
+        if self.assigns_ids:
+            total = load.settle(self.client, self.index, self._guard, self.bulk, written=self._written,
+                                removed=self._removed, wait_s=self.settle_wait_s)
+            log.info("%s answers %d documents", self.index, total)
+        else:
             with self._guard("refreshing"):
                 self.client.indices.refresh(index=self.index)
             if force_merge:
-                with self._guard("force-merging"):
-                    self.client.indices.forcemerge(index=self.index, params={
-                        "max_num_segments": 1, "request_timeout": 3600})
-        if self._loading == 0:
-            self._point_alias()
+                load.force_merge(self.client, self.index, self._guard, self.merge_wait_s)
+            self._restore_settings()
+            load.warm_up(self.client, self.index)
+        self._written.clear()
+        self._removed.clear()
+        self._check_still_ours()
+        self._point_alias()
+
+    def _check_still_ours(self) -> None:
+        """The index must still be the one created for this model: a bulk request into a deleted
+        index re-creates it with a guessed mapping (action.auto_create_index defaults to true;
+        the API specification's tests/default/_core/bulk.yaml creates an index that way)."""
+        with self._guard("reading the index mapping"):
+            mapping = alias_ops.mappings(self.client, self.index).get(self.index, {})
+        meta = alias_ops.meta_of(mapping)
+        if (meta.get("model_id"), meta.get("dim")) != (self.model_id, self.dim):
+            raise ClipsearchError(f"OpenSearch index {self.index!r} was deleted during the load and re-created without "
+                                  "clipsearch's mapping; the alias was not moved: delete that index and run the "
+                                  "ingest again")
 
     def _point_alias(self) -> None:
-        if self._live == self.index:
-            return
-        actions: list[dict] = [{"add": {"index": self.index, "alias": self.alias}}]
-        if self._live is not None:
-            actions.insert(0, {"remove": {"index": self._live, "alias": self.alias}})
-        with self._guard("swapping the alias"):
-            self.client.indices.update_aliases(body={"actions": actions})
-        log.info("alias %s now points at %s (was %s); the old index is kept for rollback",
-                 self.alias, self.index, self._live or "nothing")
+        old = alias_ops.point(self.client, self.alias, self.index, self.service, self._guard)
+        if old or self._live != self.index:
+            log.info("alias %s now points at %s (was %s); the old index is kept for rollback "
+                     "(`python -m ingest generations` lists and deletes old ones)", self.alias, self.index,
+                     ", ".join(old) or "nothing")
         self._live = self.index
 
     # -- reading ---------------------------------------------------------------------------
@@ -306,11 +334,11 @@ class OpenSearchIndex:
 
     def _follow_alias(self) -> bool:
         with self._guard("reading the index mapping"):
-            live = _mappings(self.client, self.alias)
-        if len(live) != 1 or self.index in live:
+            live = alias_ops.mappings(self.client, self.alias)
+        name = alias_ops.choose(self.alias, live) if live else None
+        if name is None or name == self.index:
             return False
-        name, mapping = next(iter(live.items()))
-        now = self._from_mapping(self.client, self.alias, name, mapping, live=name)
+        now = self._from_mapping(self.client, self.alias, name, live[name], live=name)
         if (now.model_id, now.dim) != (self.model_id, self.dim):  # its vectors are not comparable with ours
             raise ModelMismatch(now.model_id, now.dim, self.model_id, self.dim)
         log.warning("index %s is gone; alias %s now points at %s (same model): following it", self.index,
@@ -324,8 +352,11 @@ class OpenSearchIndex:
         return self._following(self._count)
 
     def _count(self) -> int:
+        # A size-0 search rather than _count: one read that every service (Serverless included)
+        # documents, and one permission for the query role.
+        body = {"size": 0, "track_total_hits": True, "query": {"match_all": {}}}
         with self._guard("counting"):
-            return int(self.client.count(index=self.index)["count"])
+            return int(self.client.search(index=self.index, body=body)["hits"]["total"]["value"])
 
     def ids(self) -> list[str]:
         return self._following(self._ids)
@@ -340,27 +371,35 @@ class OpenSearchIndex:
                 body["search_after"] = after
             with self._guard("listing ids"):
                 hits = self.client.search(index=self.index, body=body)["hits"]["hits"]
-            out.extend(h["_id"] for h in hits)
+            for h in hits:
+                doc_id = str(h["sort"][0])
+                if not out or out[-1] != doc_id:  # Serverless: a copy not yet removed by the settle
+                    out.append(doc_id)
             if len(hits) < PAGE:
                 return out
             after = hits[-1]["sort"]
 
     def get(self, doc_id: str) -> Document:
-        if not isinstance(doc_id, str) or not doc_id:
+        if id_problem(doc_id) is not None:
             raise NotFound(f"no document with id {doc_id!r} in the index")
         return self._following(lambda: self._get(doc_id))
 
     def _get(self, doc_id: str) -> Document:
         from opensearchpy.exceptions import NotFoundError
 
+        source = None
         try:
             with self._guard("getting a document"):
-                got = self.client.get(index=self.index, id=doc_id)
+                if self.assigns_ids:
+                    source = lookup.find_one(self.client, self.index, doc_id)
+                else:
+                    got = self.client.get(index=self.index, id=doc_id)
+                    source = got.get("_source") if got.get("found") else None
         except NotFoundError:
-            got = {"found": False}
-        if not got.get("found"):
+            source = None
+        if source is None:
             raise NotFound(f"no document with id {doc_id!r} in the index")
-        source = dict(got["_source"])
+        source = dict(source)
         vector = om.decode_vector(source.pop(om.VECTOR_FIELD), self.data_type, self.byte_scale)
         source.pop(om.ID_FIELD, None)
         return Document(doc_id, vector, source)
@@ -368,6 +407,7 @@ class OpenSearchIndex:
     def info(self) -> dict[str, Any]:
         return {"backend": self.backend, "model_id": self.model_id, "dim": self.dim, "count": self.count(),
                 "index_type": "hnsw", "index": self.index, "alias": self.alias, "url": self.url,
+                "service": self.service,
                 "params": {"engine": self.engine, "ef_search": self.ef_search, "data_type": self.data_type,
                            "mode": self.mode, "compression": self.compression}}
 
@@ -385,43 +425,34 @@ class OpenSearchIndex:
             raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
         knn: dict[str, Any] = {"vector": om.encode_vector(q, self.data_type, self.byte_scale), "k": k,
                                "method_parameters": {"ef_search": max(self.ef_search, k)}}
-        if self.mode == "on_disk" or self.compression in ("8x", "16x", "32x"):
-            # Binary-quantised vectors: the full vectors re-score a longer candidate list
+        if om.rescored(self.mode, self.compression):
+            # Quantised vectors: the full vectors re-score a longer candidate list
             # (bench/compression_bench.py: 1-bit recall@10 0.84 at 3x k, 0.99 at 5x).
             knn["rescore"] = {"oversample_factor": ON_DISK_OVERSAMPLE}
         if clauses:
             # Inside the knn query: the engine filters while it searches and still finds k.
             knn["filter"] = {"bool": {"filter": clauses}}
+        # doc_id stays in the hits' _source: on Serverless it is the only place the id is.
         body: dict[str, Any] = {"size": k, "query": {"knn": {om.VECTOR_FIELD: knn}},
-                                "_source": {"excludes": [om.VECTOR_FIELD, om.ID_FIELD]}}
+                                "_source": {"excludes": [om.VECTOR_FIELD]}}
         if min_score is not None:
             body["min_score"] = om.min_score_param(float(min_score), self.data_type, self.byte_scale)
         with self._guard("searching"):
             hits = self.client.search(index=self.index, body=body)["hits"]["hits"]
-        out = []
+        out, seen = [], set()
         for h in hits:
+            source = dict(h.get("_source") or {})
+            doc_id = str(source.pop(om.ID_FIELD, h["_id"]))
             cos = om.to_cosine(float(h["_score"]), self.data_type, self.byte_scale)
-            if min_score is None or cos >= min_score:
-                out.append(Hit(h["_id"], cos, h.get("_source") or {}))
+            if doc_id not in seen and (min_score is None or cos >= min_score):
+                seen.add(doc_id)
+                out.append(Hit(doc_id, cos, source))
         return out
 
     def check_model(self, model_id: str, dim: int) -> None:
         check_model(self, model_id, dim)
 
 
-def _mappings(client, target: str) -> dict[str, dict]:
-    """{physical index: mappings} for an alias, index or pattern; {} when nothing matches."""
-    from opensearchpy.exceptions import NotFoundError
-
-    try:
-        got = client.indices.get_mapping(index=target)
-    except NotFoundError as exc:
-        if _error_type(exc) == "index_not_found_exception":
-            return {}
-        raise
-    return {name: body.get("mappings", {}) for name, body in got.items()}
-
-
-def _meta(mapping: dict) -> dict:
-    meta = mapping.get("_meta", {}).get("clipsearch", {})
-    return meta if isinstance(meta, dict) else {}
+def _key(doc_id) -> str:
+    """How reports name a document: its id, or the repr of an id that is not a string."""
+    return doc_id if isinstance(doc_id, str) else repr(doc_id)

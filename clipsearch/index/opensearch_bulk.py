@@ -4,7 +4,16 @@ Actions are cut into requests of at most `max_docs` actions and `max_bytes` of N
 small thread pool. A whole request that fails transiently (connection dropped, timeout, 429,
 502-504) is sent again; when the request succeeds but some items fail with 429/503 (a full write
 queue on one shard), only those items are sent again. Waits grow exponentially with jitter.
-Document ids are fixed by the caller, so sending an `index` action twice leaves one document.
+
+Requests go to `/{index}/_bulk` and the action lines never name an index: Amazon OpenSearch
+Service authorises a request by its URL, so only an index-scoped path lets the ingest role's
+policy limit what a bulk request can write (with the domain's `rest.action.multi.allow_explicit_index`
+set to false, a body naming another index is refused; developer guide, "Advanced options and API
+considerations").
+
+With a document id fixed by the caller (managed clusters), sending an `index` action twice leaves
+one document. Without one (Serverless assigns ids), a request re-sent after a dropped connection
+may have been applied already: the caller removes such duplicates (opensearch_load.settle).
 """
 
 from __future__ import annotations
@@ -28,21 +37,22 @@ class Action:
     """One bulk action: its metadata line and, for index actions, the document line."""
 
     op: str  # "index" | "delete"
-    index: str
-    id: str
+    key: str  # the document id reports name
+    id: str | None = None  # the `_id` sent; None: the cluster assigns one (index actions only)
     source: dict | None = None
     lines: bytes = b""
+    seq: int = -1  # position in the request list, set by BulkWriter.run
 
     def __post_init__(self):
-        meta = json.dumps({self.op: {"_index": self.index, "_id": self.id}}, ensure_ascii=False)
+        meta = json.dumps({self.op: {} if self.id is None else {"_id": self.id}}, ensure_ascii=False)
         body = "" if self.source is None else json.dumps(self.source, ensure_ascii=False, allow_nan=False) + "\n"
         self.lines = (meta + "\n" + body).encode("utf-8")
 
 
 @dataclass
 class BulkResult:
-    ok: dict[str, int] = field(default_factory=dict)  # id -> HTTP status of the final attempt
-    errors: dict[str, str] = field(default_factory=dict)  # id -> reason, for permanent failures
+    ok: dict[int, int] = field(default_factory=dict)  # action seq -> HTTP status of the final attempt
+    errors: dict[int, str] = field(default_factory=dict)  # action seq -> reason, for permanent failures
     retries: int = 0
 
 
@@ -70,13 +80,17 @@ class BulkWriter:
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
         self.request_timeout = request_timeout
 
-    def run(self, actions: Iterable[Action]) -> BulkResult:
+    def run(self, index: str, actions: Iterable[Action]) -> BulkResult:
+        """Write `actions` into `index`; the result names actions by their position in the list."""
         result = BulkResult()
-        parts = chunks(list(actions), self.max_docs, self.max_bytes)
+        todo = list(actions)
+        for seq, action in enumerate(todo):
+            action.seq = seq
+        parts = chunks(todo, self.max_docs, self.max_bytes)
         if not parts:
             return result
         with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(parts)))) as pool:
-            for part in pool.map(self._send_chunk, parts):
+            for part in pool.map(lambda part: self._send_chunk(index, part), parts):
                 result.ok.update(part.ok)
                 result.errors.update(part.errors)
                 result.retries += part.retries
@@ -86,7 +100,7 @@ class BulkWriter:
         delay = min(self.max_backoff, self.backoff * 2 ** attempt)
         time.sleep(delay * (0.5 + random.random() / 2))
 
-    def _send_chunk(self, pending: list[Action]) -> BulkResult:
+    def _send_chunk(self, index: str, pending: list[Action]) -> BulkResult:
         from opensearchpy.exceptions import ConnectionError as OSConnectionError, TransportError
 
         result = BulkResult()
@@ -97,7 +111,7 @@ class BulkWriter:
                 self._sleep(attempt - 1)
             body = b"".join(action.lines for action in pending)
             try:
-                resp = self.client.bulk(body=body, params={"request_timeout": self.request_timeout})
+                resp = self.client.bulk(body=body, index=index, params={"request_timeout": self.request_timeout})
             except OSConnectionError as exc:  # dropped connection, timeout, TLS: send it all again
                 last_cause = f"{type(exc).__name__}: {exc}"
                 log.warning("bulk request of %d actions failed (%s), retrying", len(pending), last_cause)
@@ -108,19 +122,19 @@ class BulkWriter:
                     log.warning("bulk request of %d actions got %s, retrying", len(pending), last_cause)
                     continue
                 raise
+            if len(resp.get("items", [])) != len(pending):
+                raise BackendUnavailable(f"bulk response had {len(resp.get('items', []))} items for {len(pending)} actions")
             retry: list[Action] = []
-            for action, item in zip(pending, resp.get("items", [])):
+            for action, item in zip(pending, resp["items"]):
                 outcome = item.get(action.op, {})
                 status = int(outcome.get("status", 500))
                 if status in RETRY_STATUSES:
                     retry.append(action)
                     last_cause = f"item HTTP {status}: {_reason(outcome)}"
                 elif status < 300 or (action.op == "delete" and status == 404):
-                    result.ok[action.id] = status
+                    result.ok[action.seq] = status
                 else:
-                    result.errors[action.id] = f"HTTP {status}: {_reason(outcome)}"
-            if len(resp.get("items", [])) != len(pending):
-                raise BackendUnavailable(f"bulk response had {len(resp.get('items', []))} items for {len(pending)} actions")
+                    result.errors[action.seq] = f"HTTP {status}: {_reason(outcome)}"
             if not retry:
                 return result
             log.info("bulk: %d of %d items rejected transiently (%s), re-sending those", len(retry), len(pending), last_cause)

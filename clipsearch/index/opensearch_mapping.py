@@ -34,7 +34,12 @@ BOOLEAN_FIELDS = frozenset(n for n, t in schema.FIELDS.items() if t == "boolean"
 ENGINES = ("faiss", "lucene")
 DATA_TYPES = ("float", "byte")
 MODES = ("in_memory", "on_disk")
-COMPRESSIONS = ("1x", "2x", "4x", "8x", "16x", "32x")
+# The compression levels each engine accepts (opensearch-project/k-NN, 2.19.2.0 and 3.1.0.0:
+# FaissMethodResolver.SUPPORTED_COMPRESSION_LEVELS, LuceneMethodResolver.SUPPORTED_COMPRESSION_LEVELS).
+COMPRESSIONS = {"faiss": ("1x", "2x", "8x", "16x", "32x"), "lucene": ("1x", "4x")}
+# Levels whose quantised codes are re-scored with the full vectors (k-NN 3.1.0.0,
+# mapper/CompressionLevel.java: a default RescoreContext for 4x and above).
+RESCORED = frozenset(("4x", "8x", "16x", "32x"))
 META_FORMAT = 1
 # How many "standard deviations" of a unit vector's components the int8 range covers: fewer
 # means finer steps and more clipping (chosen with bench/compression_bench.py).
@@ -47,24 +52,38 @@ _TYPES = {"keyword": {"type": "keyword"}, "integer": {"type": "integer"}, "float
 
 
 def check_options(engine: str, data_type: str, mode: str | None, compression: str | None, m: int,
-                  ef_construction: int, ef_search: int) -> None:
+                  ef_construction: int, ef_search: int, service: str = "es") -> None:
     """Refuse combinations OpenSearch would refuse, before any index is created."""
     if engine not in ENGINES:
         raise ValueError(f"OPENSEARCH_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r} (nmslib is deprecated)")
+    if service == "aoss" and engine == "lucene":
+        # "Vector search collections don't support the Lucene engine" (Amazon OpenSearch Service
+        # developer guide, "Working with vector search collections", Limitations).
+        raise ValueError("OpenSearch Serverless (OPENSEARCH_SERVICE=aoss) does not support the lucene engine: "
+                         "set OPENSEARCH_ENGINE=faiss")
     if data_type not in DATA_TYPES:
         raise ValueError(f"OPENSEARCH_DATA_TYPE must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
     if mode is not None and mode not in MODES:
         raise ValueError(f"OPENSEARCH_MODE must be one of {', '.join(MODES)}, got {mode!r}")
-    if compression is not None and compression not in COMPRESSIONS:
-        raise ValueError(f"OPENSEARCH_COMPRESSION must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     if data_type == "byte" and (mode is not None or compression is not None):
         raise ValueError("OPENSEARCH_MODE/OPENSEARCH_COMPRESSION apply to float vectors only, not data_type byte")
-    if (mode == "on_disk" or compression not in (None, "1x", "2x", "4x")) and engine != "faiss":
-        raise ValueError("on_disk mode and 8x-32x compression need OPENSEARCH_ENGINE=faiss")
+    if compression is not None and compression not in COMPRESSIONS[engine]:
+        raise ValueError(f"OPENSEARCH_COMPRESSION {compression!r} is not offered by the {engine} engine: use one of "
+                         f"{', '.join(COMPRESSIONS[engine])}")
+    if mode == "on_disk" and compression == "1x":
+        # AbstractMethodResolver.validateCompressionNotx1WhenOnDisk: the lucene resolver (2.19, 3.1)
+        # and the faiss one of 2.19 refuse it; leave the level unset to get the mode's default.
+        raise ValueError("OPENSEARCH_MODE=on_disk needs a compressed level (the default: 32x for faiss, 4x for "
+                         "lucene); OPENSEARCH_COMPRESSION=1x contradicts it")
     for name, value, low in (("OPENSEARCH_M", m, 2), ("OPENSEARCH_EF_CONSTRUCTION", ef_construction, 2),
                              ("OPENSEARCH_EF_SEARCH", ef_search, 1)):
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def rescored(mode: str | None, compression: str | None) -> bool:
+    """Whether the engine keeps quantised codes that the full vectors should re-score."""
+    return mode == "on_disk" or compression in RESCORED
 
 
 def byte_scale(dim: int, sigmas: float = BYTE_CLIP_SIGMAS) -> float:
@@ -79,10 +98,11 @@ def physical_name(alias: str, model_id: str, dim: int, now: float | None = None)
     return f"{alias}-{slug}-{dim}-{stamp}"
 
 
-def index_body(*, model_id: str, dim: int, alias: str | None = None, engine: str = "faiss", m: int = 32, ef_construction: int = 200,
-               ef_search: int = 128, data_type: str = "float", mode: str | None = None,
-               compression: str | None = None, shards: int = 1, replicas: int = 1) -> dict[str, Any]:
-    check_options(engine, data_type, mode, compression, m, ef_construction, ef_search)
+def index_body(*, model_id: str, dim: int, alias: str | None = None, engine: str = "faiss", m: int = 32,
+               ef_construction: int = 200, ef_search: int = 128, data_type: str = "float", mode: str | None = None,
+               compression: str | None = None, shards: int = 1, replicas: int = 1,
+               service: str = "es") -> dict[str, Any]:
+    check_options(engine, data_type, mode, compression, m, ef_construction, ef_search, service)
     vector: dict[str, Any] = {
         "type": "knn_vector", "dimension": dim,
         "method": {"name": "hnsw", "engine": engine, "space_type": "innerproduct",
@@ -108,8 +128,10 @@ def index_body(*, model_id: str, dim: int, alias: str | None = None, engine: str
             # Metadata fields outside the schema are kept and returned but not indexed: the
             # mapping stays the one above however many odd fields a source sends.
             "dynamic": False,
+            # `replicas`: the serving value, restored after a load even when the load finds the
+            # index paused by another one (whose -1 / 0 must not be taken for the serving values).
             "_meta": {"clipsearch": {"format": META_FORMAT, "model_id": model_id, "dim": dim, "alias": alias,
-                                     "data_type": data_type,
+                                     "data_type": data_type, "replicas": replicas,
                                      **({"byte_scale": byte_scale(dim)} if data_type == "byte" else {})}},
             "properties": properties,
         },
@@ -189,3 +211,42 @@ def filter_clauses(conds) -> list[dict]:
         else:  # a range over strings or flags matches nothing, as in the embedded backend
             clauses.append(MATCH_NONE)
     return clauses
+
+
+# -- documents -------------------------------------------------------------------------------
+def document_problem(doc_id, metadata, vector: np.ndarray, dim: int) -> str | None:
+    """Why OpenSearch would refuse this document (or clipsearch must not write it), or None."""
+    from clipsearch.index.base import id_problem
+
+    problem = id_problem(doc_id)
+    if problem is not None:
+        return problem
+    if not isinstance(metadata, dict):
+        return "metadata must be a dict"
+    if RESERVED & set(metadata):
+        return f"metadata may not use the reserved fields {sorted(RESERVED)}"
+    for name in BOOLEAN_FIELDS & set(metadata):
+        # ignore_malformed covers numbers, not booleans: OpenSearch would reject the document
+        if not isinstance(metadata[name], (bool, type(None))):
+            return f"{name} must be true or false, got {metadata[name]!r}"
+    for name in set(schema.FIELDS) & set(metadata):
+        if _has_object(metadata[name]):
+            # An object where the mapping has a leaf field fails the whole document: "failed to
+            # parse field [field] of type [keyword] ... Preview of field's value: '{}'"
+            # (opensearch-project/OpenSearch, KeywordFieldMapperTests.testParsesKeywordNestedEmptyObjectStrict).
+            return f"metadata field {name!r} holds an object; it is mapped as {schema.FIELDS[name]}"
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if v.shape[0] != dim:
+        return f"vector has {v.shape[0]} dimensions, the index has {dim}"
+    if not np.all(np.isfinite(v)):
+        return "vector contains NaN or infinity"
+    if not np.any(v):
+        return "vector is all zeros"
+    return None
+
+
+def _has_object(value) -> bool:
+    """A JSON object anywhere in the value (arrays of arrays are flattened, objects are not)."""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, (list, tuple)) and any(_has_object(v) for v in value)
