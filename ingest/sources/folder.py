@@ -25,12 +25,12 @@ import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from clipsearch.errors import IngestError
 from clipsearch.images import IMAGE_EXTENSIONS
 from clipsearch.schema import display_text
-from ingest.pipeline import Item
+from ingest.sources.base import Item, SourceContext
 
 STATE_VERSION = 2  # 2: metadata paths are relative to the folder (1 stored absolute ones)
 # Kernel pseudo-filesystems and device nodes: a "regular file" there (/proc/self/environ) is not
@@ -179,7 +179,7 @@ def resolve_root(folder: str | Path) -> Path:
     return root.resolve()
 
 
-def current_files(fplan: FolderPlan, done: dict[str, str]) -> dict[str, Seen]:
+def current_files(fplan: FolderPlan, done: Mapping[str, str]) -> dict[str, Seen]:
     """What the index holds for this folder: the unchanged files plus those written this run."""
     files = dict(fplan.unchanged)
     for key, doc_id in done.items():
@@ -189,8 +189,36 @@ def current_files(fplan: FolderPlan, done: dict[str, str]) -> dict[str, Seen]:
     return files
 
 
-def stale_ids(state: FolderState, fplan: FolderPlan, done: dict[str, str]) -> set[str]:
+def stale_ids(state: FolderState, fplan: FolderPlan, done: Mapping[str, str]) -> set[str]:
     """Ids of documents whose file is gone or changed and that no current file still has.
     (A changed file that now fails to decode loses its old document too: those bytes are gone.)"""
     live = {s.id for s in fplan.unchanged.values()} | set(done.values())
     return {s.id for s in state.files.values()} - live
+
+
+class FolderSource:
+    """`python -m ingest folder PATH` as a `Source`: scans, skips what its state says is
+    unchanged, records the state after each index save, and removes what is gone at the end."""
+
+    name = "folder"
+    stage = "scan"
+
+    def __init__(self, folder: str | Path, *, follow_links: bool = False):
+        self.root = resolve_root(folder)  # a path that is no folder fails here, before anything is opened
+        self.follow_links = follow_links
+        self._state: FolderState | None = None
+        self._plan: FolderPlan | None = None
+
+    def items(self, ctx: SourceContext) -> list[Item]:
+        self._state = FolderState.for_index(ctx.state_dir, self.root, ctx.index_location)
+        self._plan = plan(self.root, self._state, ctx.indexed_ids, ctx.summary.skipped, follow_links=self.follow_links)
+        ctx.summary.found = len(self._plan.stats)
+        if self._plan.unchanged:
+            ctx.summary.skipped["unchanged"] += len(self._plan.unchanged)
+        return self._plan.items
+
+    def checkpoint(self, done: Mapping[str, str]) -> None:
+        self._state.save(current_files(self._plan, done))
+
+    def removed(self, done: Mapping[str, str]) -> set[str]:
+        return stale_ids(self._state, self._plan, done)
