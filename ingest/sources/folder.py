@@ -112,14 +112,17 @@ def scan(root: Path, skipped: Counter, follow_links: bool = False) -> Iterator[F
 
 
 class FolderState:
-    """path -> Seen for one folder and one index, saved atomically after each index save.
-    `current` is False for a state written before metadata paths were relative: nothing counts
-    as unchanged then, so every file's document is written again (its vector from the cache or
-    the index, not encoded) with the relative path."""
+    """path -> Seen for one folder and one index, saved atomically after each index save, and
+    `removing`: ids of gone or changed files that a run had not deleted yet when it saved (a run
+    killed after that save deletes them next time). `current` is False for a state written
+    before metadata paths were relative: nothing counts as unchanged then, so every file's
+    document is written again (its vector from the cache or the index, not encoded) with the
+    relative path."""
 
     def __init__(self, file: Path, root: Path):
         self.file, self.root = file, root
         self.files: dict[str, Seen] = {}
+        self.removing: set[str] = set()
         self.current = True
 
     @classmethod
@@ -130,18 +133,20 @@ class FolderState:
             try:
                 raw = json.loads(self.file.read_bytes())
                 self.files = {p: Seen(*v) for p, v in raw.get("files", {}).items()}
+                self.removing = {i for i in raw.get("removing", []) if isinstance(i, str)}
                 self.current = raw.get("version") == STATE_VERSION
             except (ValueError, TypeError, AttributeError):
-                self.files = {}  # unreadable state: everything is looked at again, nothing lost
+                self.files, self.removing = {}, set()  # unreadable state: everything is looked at again
         return self
 
-    def save(self, files: dict[str, Seen]) -> None:
-        self.files, self.current = dict(files), True
+    def save(self, files: dict[str, Seen], removing: set[str] = frozenset()) -> None:
+        self.files, self.removing, self.current = dict(files), set(removing), True
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
         # json's default ASCII escapes carry a name's surrogate escapes exactly (not UTF-8 safe).
         body = {"version": STATE_VERSION, "root": str(self.root),
-                "files": {p: [s.size, s.mtime_ns, s.id] for p, s in sorted(files.items())}}
+                "files": {p: [s.size, s.mtime_ns, s.id] for p, s in sorted(files.items())},
+                "removing": sorted(self.removing)}
         with open(tmp, "w", encoding="ascii") as fh:
             json.dump(body, fh)
             fh.flush()
@@ -189,11 +194,12 @@ def current_files(fplan: FolderPlan, done: Mapping[str, str]) -> dict[str, Seen]
     return files
 
 
-def stale_ids(state: FolderState, fplan: FolderPlan, done: Mapping[str, str]) -> set[str]:
-    """Ids of documents whose file is gone or changed and that no current file still has.
-    (A changed file that now fails to decode loses its old document too: those bytes are gone.)"""
+def stale_ids(before: set[str], fplan: FolderPlan, done: Mapping[str, str]) -> set[str]:
+    """Of the ids the index held for this folder as the run started (`before`), those no current
+    file has: their file is gone or changed. (A changed file that now fails to decode loses its
+    old document too: those bytes are gone.)"""
     live = {s.id for s in fplan.unchanged.values()} | set(done.values())
-    return {s.id for s in state.files.values()} - live
+    return before - live
 
 
 class FolderSource:
@@ -208,9 +214,14 @@ class FolderSource:
         self.follow_links = follow_links
         self._state: FolderState | None = None
         self._plan: FolderPlan | None = None
+        self._before: set[str] = set()
+        self._removed = False
 
     def items(self, ctx: SourceContext) -> list[Item]:
         self._state = FolderState.for_index(ctx.state_dir, self.root, ctx.index_location)
+        # What the index may hold for this folder: every id the state lists, and those a killed
+        # run had still to delete. Taken now: each checkpoint rewrites the state.
+        self._before = {seen.id for seen in self._state.files.values()} | self._state.removing
         self._plan = plan(self.root, self._state, ctx.indexed_ids, ctx.summary.skipped, follow_links=self.follow_links)
         ctx.summary.found = len(self._plan.stats)
         if self._plan.unchanged:
@@ -218,7 +229,11 @@ class FolderSource:
         return self._plan.items
 
     def checkpoint(self, done: Mapping[str, str]) -> None:
-        self._state.save(current_files(self._plan, done))
+        # Until `removed` has handed them over for deletion, the ids of gone or changed files stay
+        # in the state: a run killed after this save still deletes them next time.
+        pending = set() if self._removed else stale_ids(self._before, self._plan, done)
+        self._state.save(current_files(self._plan, done), pending)
 
     def removed(self, done: Mapping[str, str]) -> set[str]:
-        return stale_ids(self._state, self._plan, done)
+        self._removed = True  # deleted by the caller before its final save, whose checkpoint drops them
+        return stale_ids(self._before, self._plan, done)
