@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest.decode import DecodeLimits
+from ingest.lock import lock_index
 from ingest.progress import Progress, Summary
 from ingest.sources.base import Source, SourceContext
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the runner and the encoder are imported when a run starts: `--help` needs neither
     from clipsearch.config import Settings
     from clipsearch.index import VectorIndex
     from clipsearch.models.torch_encoder import TorchEncoder
+    from ingest.runner import RunnerOptions
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
@@ -55,8 +57,6 @@ class IngestOptions:
 
 def run(source: Source, settings: Settings, options: IngestOptions | None = None) -> Summary:
     """Ingest `source` into the index `settings` name; returns what the run did."""
-    from ingest.lock import lock_index
-
     options = options or IngestOptions()
     target = _Target(settings)
     started = time.perf_counter()
@@ -109,7 +109,7 @@ def _ingest(source: Source, target: _Target, options: IngestOptions, summary: Su
         cache.close()
 
 
-def _runner_options(options: IngestOptions, max_pixels: int, device: str):
+def _runner_options(options: IngestOptions, max_pixels: int, device: str) -> RunnerOptions:
     from ingest.runner import RunnerOptions
 
     cuda = device.startswith("cuda")
