@@ -7,7 +7,8 @@
 
 The model comes from MODEL_PATH / MODEL_ID, the index from INDEX_PATH / BACKEND and the
 OPENSEARCH_* variables (README, "Configuration"); the options here override the index ones.
-Runs are resumable: kill one at any point and start it again.
+Runs are resumable: kill one at any point and start it again. This module only turns options into
+a source and `IngestOptions`; the run itself is `ingest.run` (ingest/api.py, docs/ingest.md).
 """
 
 from __future__ import annotations
