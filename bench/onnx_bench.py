@@ -41,17 +41,17 @@ def warm_query(i: int) -> str:
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings
 from clipsearch.models import load_encoder
 from clipsearch.index import check_model, open_index
 t_import = time.perf_counter()
-settings = Settings.from_env()
-if settings.threads is None:  # as the handler chooses
+model = ModelSettings.from_env()
+if model.threads is None:  # as the handler chooses
     import dataclasses
     from server.app import query_threads
-    settings = dataclasses.replace(settings, threads=query_threads(settings.encoder))
-encoder = load_encoder(settings)
-index = open_index(settings)
+    model = dataclasses.replace(model, threads=query_threads(model.encoder))
+encoder = load_encoder(model)
+index = open_index(IndexSettings.from_env())
 check_model(index, encoder.model_id, encoder.dim)
 t_init = time.perf_counter()
 hits = index.search(encoder.encode_text(sys.argv[1])[0], k=10)

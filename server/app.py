@@ -157,14 +157,15 @@ class App:
         if self._settings_error is not None:
             raise ServiceUnavailable("bad_configuration", f"the function's settings are invalid: {self._settings_error}")
         s = self.settings
-        if s.threads is None:
-            s = self.settings = dataclasses.replace(s, threads=query_threads(s.encoder))
+        if s.model.threads is None:
+            model = dataclasses.replace(s.model, threads=query_threads(s.model.encoder))
+            s = self.settings = dataclasses.replace(s, model=model)
         # The index (an S3 copy, file reads, JSON parsing) loads in a thread while the encoder's
         # imports (torch, transformers: seconds of mostly CPU) run here: a shorter cold start.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="init-index") as pool:
             index = pool.submit(self._open_index, s) if self._index is None else None
             if self._encoder is None:
-                self._encoder = load_encoder(s, load=("text", "vision") if s.preload_image_tower else ("text",))
+                self._encoder = load_encoder(s.model, load=("text", "vision") if s.model.preload_image_tower else ("text",))
             if index is not None:
                 self._index = index.result()
         try:
@@ -172,18 +173,18 @@ class App:
         except ModelMismatch:
             self._index = None  # re-open on the next attempt: ingest may have rebuilt it
             raise
-        fetcher = self._fetcher or SafeFetcher(max_bytes=s.max_image_bytes)
-        return SearchService(self._encoder, self._index, s, fetcher)
+        fetcher = self._fetcher or SafeFetcher(max_bytes=s.limits.max_image_bytes)
+        return SearchService(self._encoder, self._index, s.limits, fetcher, threads=s.model.threads)
 
     @staticmethod
     def _open_index(s: Settings):
         from clipsearch.index import open_index
 
-        if s.backend == "faiss" and s.index_s3_uri:
+        if s.index.backend == "faiss" and s.index.s3_uri:
             from server.s3sync import sync_index
 
-            sync_index(s.index_s3_uri, s.index_path)
-        return open_index(s)
+            sync_index(s.index.s3_uri, s.index.path)
+        return open_index(s.index, s.opensearch)
 
     def _ready_service(self) -> SearchService:
         if self.service is None:
@@ -211,7 +212,7 @@ class App:
                 line["traceback"] = traceback.format_exc()
             elif status >= 500:
                 line["message"] = str(exc)
-        allowed = self.settings.cors_allow_origins
+        allowed = self.settings.server.cors_allow_origins
         if request is not None:
             headers = {**cors_headers(request.origin, allowed, preflight=request.method == "OPTIONS"), **headers}
         total_ms = (time.perf_counter() - t0) * 1000
@@ -238,7 +239,7 @@ class App:
         return 200, body, {}
 
     def _request_data(self, request: HttpRequest) -> Any:
-        max_bytes = self.settings.max_image_bytes * 4 // 3 + JSON_OVERHEAD_BYTES
+        max_bytes = self.settings.limits.max_image_bytes * 4 // 3 + JSON_OVERHEAD_BYTES
         if request.source != "direct" and request.content_type in RAW_IMAGE_TYPES:
             return self._raw_image_query(request)
         if request.query:
@@ -256,8 +257,8 @@ class App:
         models: `k=1_0` or `k=%2010` are refused (Python's int() would take both as 10)."""
         if not request.body:
             raise InvalidInput("the image body is empty")
-        if len(request.body) > self.settings.max_image_bytes:
-            raise ImageTooLarge("bytes", len(request.body), self.settings.max_image_bytes)
+        if len(request.body) > self.settings.limits.max_image_bytes:
+            raise ImageTooLarge("bytes", len(request.body), self.settings.limits.max_image_bytes)
         unknown = {name: v for name, v in request.query.items() if name not in RAW_IMAGE_OPTIONS}
         if unknown:
             raise InvalidInput(f"unknown query-string parameter(s) {_names(unknown)}: a raw image POST takes only "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.config import Settings
+from clipsearch.config import LimitSettings
 from clipsearch.errors import ImageTooLarge, InvalidInput, NotFound
 from clipsearch.models import Encoder
 from clipsearch.images import decode_image
@@ -87,9 +87,10 @@ def _json_safe(value: Any) -> Any:
 
 
 class SearchService:
-    def __init__(self, encoder: Encoder, index: VectorIndex, settings: Settings, fetcher: SafeFetcher,
-                 cache_size: int = TEXT_CACHE_SIZE):
-        self.encoder, self.index, self.settings, self.fetcher = encoder, index, settings, fetcher
+    def __init__(self, encoder: Encoder, index: VectorIndex, limits: LimitSettings, fetcher: SafeFetcher,
+                 cache_size: int = TEXT_CACHE_SIZE, threads: int | None = None):
+        self.encoder, self.index, self.limits, self.fetcher = encoder, index, limits, fetcher
+        self.threads = threads  # the encoder's, for health
         self.text_cache = LruCache(cache_size)
 
     def search(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> dict[str, Any]:
@@ -136,7 +137,7 @@ class SearchService:
                     raise NotFound(f"{exc}{hint}") from None
                 raise
         if isinstance(q, ImageQuery) and not q.is_url:
-            data = decode_base64_image(q.query, self.settings.max_image_bytes)
+            data = decode_base64_image(q.query, self.limits.max_image_bytes)
         else:  # the same guarded fetch for a `url` query and an image URL
             data = self.fetcher.fetch(q.query)
         return self.image_vector(data), None, False
@@ -154,7 +155,7 @@ class SearchService:
         return vector, False
 
     def image_vector(self, data: bytes) -> np.ndarray:
-        image = decode_image(data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+        image = decode_image(data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels)
         return self.encoder.encode_images([image])[0]
 
     def health(self) -> dict[str, Any]:
@@ -162,5 +163,5 @@ class SearchService:
         return {"status": "ok", "model": self.index.model_id, "family": self.encoder.family,
                 "suggested_min_score": card.suggested_min_score, "dim": self.index.dim, "count": self.index.count(),
                 "backend": getattr(self.index, "backend", type(self.index).__name__),
-                "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.settings.threads,
+                "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.threads,
                 "text_cache": len(self.text_cache), "random_weights": bool(getattr(self.encoder, "random_weights", False))}

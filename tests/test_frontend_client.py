@@ -164,17 +164,17 @@ def test_backoff_is_full_jitter_capped():
 
 
 def test_front_end_settings():
-    from clipsearch.config import DEFAULT_API_URL, Settings
+    from frontend.config import DEFAULT_API_URL, FrontendSettings
 
-    s = Settings.from_env({})
+    s = FrontendSettings.from_env({})
     assert s.api_url == DEFAULT_API_URL == "http://localhost:8000/search" and s.api_key is None
-    assert s.api_retry_budget == 90.0
-    s = Settings.from_env({"CLIPSEARCH_API_URL": " https://x.test/prod/search ", "CLIPSEARCH_API_KEY": "k3y",
-                           "CLIPSEARCH_RETRY_BUDGET": "12.5"})
-    assert (s.api_url, s.api_key, s.api_retry_budget) == ("https://x.test/prod/search", "k3y", 12.5)
+    assert s.retry_budget_s == 90.0
+    s = FrontendSettings.from_env({"CLIPSEARCH_API_URL": " https://x.test/prod/search ", "CLIPSEARCH_API_KEY": "k3y",
+                                   "CLIPSEARCH_RETRY_BUDGET": "12.5"})
+    assert (s.api_url, s.api_key, s.retry_budget_s) == ("https://x.test/prod/search", "k3y", 12.5)
     assert "k3y" not in repr(s)
     with pytest.raises(ValueError, match="CLIPSEARCH_RETRY_BUDGET"):
-        Settings.from_env({"CLIPSEARCH_RETRY_BUDGET": "long"})
+        FrontendSettings.from_env({"CLIPSEARCH_RETRY_BUDGET": "long"})
 
 
 @pytest.mark.parametrize("status, words", [(400, "refused the request (HTTP 400)"), (500, "failed (HTTP 500)"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from server_support import build_index, reply
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.errors import IndexCorrupt, IndexMissing, InvalidInput
 from clipsearch.index import Document
 from clipsearch.index.faiss_index import FaissIndex
@@ -218,7 +218,8 @@ def test_the_server_answers_a_damaged_index_with_a_503_naming_the_file(tmp_path,
     data = bytearray(vectors.read_bytes())
     data[-5] ^= 0x40
     vectors.write_bytes(bytes(data))
-    settings = Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "idx"), threads=1)
+    settings = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                        index=IndexSettings(path=str(tmp_path / "idx")))
     status, headers, body = reply(App(settings, encoder=tiny_encoder).handle({"query": "x", "input_type": "text"}, None))
     assert status == 503 and body["error"]["code"] == "index_corrupt" and int(headers["Retry-After"]) > 0
     assert str(vectors) in body["error"]["message"] and "sha256" in body["error"]["message"]

@@ -15,7 +15,7 @@ import pytest
 import requests
 from server_support import FileServer, send
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.index.faiss_index import FaissIndex
 from clipsearch.models.torch_encoder import TorchEncoder
 from server.local import LocalStack
@@ -38,7 +38,8 @@ def ingested(stand_in, photo_folder, tmp_path_factory):
     def get(family: str):
         if family not in cache:
             path = tmp_path_factory.mktemp(f"index-{family}")
-            settings = Settings(model_path=str(stand_in(family)), index_path=str(path), threads=1)
+            settings = Settings(model=ModelSettings(path=str(stand_in(family)), threads=1),
+                                index=IndexSettings(path=str(path)))
             summary = execute(["folder", str(photo_folder), "--index", str(path), "--no-cache", "--quiet"], settings)
             assert summary.failed == [], summary.failed
             cache[family] = path, TorchEncoder(str(stand_in(family)), threads=1, load=("text", "vision"))

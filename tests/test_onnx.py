@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from PIL import Image
 
-from clipsearch.config import Settings
+from clipsearch.config import ModelSettings
 from clipsearch.models import load_encoder, resolve_model_id
 from clipsearch.models.onnx_encoder import OnnxEncoder
 from clipsearch.errors import InvalidInput
@@ -291,7 +291,7 @@ def test_an_index_from_one_encoder_answers_the_other(onnx_encoder, tiny_encoder,
 
 
 def test_int8_text_tower_is_close_and_reported(onnx_dir, onnx_encoder, tmp_path):
-    int8 = load_encoder(Settings(encoder="onnx", onnx_path=str(onnx_dir), onnx_text_int8=True, threads=1))
+    int8 = load_encoder(ModelSettings(encoder="onnx", onnx_path=str(onnx_dir), onnx_text_int8=True, threads=1))
     assert isinstance(int8, OnnxEncoder) and int8._files["text"].name == "text.int8.onnx"
     fp32, q = onnx_encoder.encode_text(TEXTS), int8.encode_text(TEXTS)
     assert q.dtype == np.float32 and np.abs(q - fp32).max() > 0  # really another graph
@@ -379,10 +379,10 @@ def test_missing_or_incomplete_exports_say_how_to_fix(onnx_dir, tiny_model_dir, 
 
 
 def test_settings_read_onnx_text_int8():
-    assert Settings.from_env({}).onnx_text_int8 is False
-    assert Settings.from_env({"ONNX_TEXT_INT8": "true"}).onnx_text_int8 is True
+    assert ModelSettings.from_env({}).onnx_text_int8 is False
+    assert ModelSettings.from_env({"ONNX_TEXT_INT8": "true"}).onnx_text_int8 is True
     with pytest.raises(ValueError, match="ONNX_TEXT_INT8"):
-        Settings.from_env({"ONNX_TEXT_INT8": "maybe"})
+        ModelSettings.from_env({"ONNX_TEXT_INT8": "maybe"})
 
 
 # -- no torch on this path -------------------------------------------------------------------
@@ -394,11 +394,11 @@ from clipsearch.models import load_encoder
 from clipsearch.images import decode_image
 from clipsearch.index import Document, open_index
 settings = Settings.from_env()
-enc = load_encoder(settings)
+enc = load_encoder(settings.model)
 text = enc.encode_text("two dogs on the beach")
 data = open(sys.argv[1], "rb").read()
 image = enc.encode_images([decode_image(data)])
-index = open_index(settings, model_id=enc.model_id, dim=enc.dim)
+index = open_index(settings.index, settings.opensearch, model_id=enc.model_id, dim=enc.dim)
 index.upsert([Document("a", image[0], {}), Document("b", text[0], {})])
 hits = index.search(text[0], k=2)
 print(json.dumps({"type": type(enc).__name__, "hits": [h.id for h in hits], "towers": enc.loaded_towers,

@@ -11,7 +11,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from server_support import build_index
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.errors import BackendUnavailable, IndexMissing
 from clipsearch.index.faiss_index import FaissIndex
 from server.app import App
@@ -118,8 +118,8 @@ def test_app_copies_from_s3_at_init(s3, local_index, tmp_path, tiny_encoder, mon
     client, stub = s3
     expect_index(stub, local_index, bucket="idx-bucket", prefix="index")
     monkeypatch.setattr(boto3, "client", lambda service, **kw: client if service == "s3" else None)
-    settings = Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "tmp-index"),
-                        index_s3_uri="s3://idx-bucket/index", threads=1)
+    settings = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                        index=IndexSettings(path=str(tmp_path / "tmp-index"), s3_uri="s3://idx-bucket/index"))
     app = App(settings, encoder=tiny_encoder)
     out = app.handle({"query": "two dogs", "input_type": "text"}, None)
     assert out["statusCode"] == 200 and json.loads(out["body"])["count"] == 5
