@@ -102,6 +102,16 @@ def test_an_index_saved_before_checksums_loads_with_a_warning(tmp_path, caplog):
     assert "without checksums" in caplog.text and "any ingest into it" in caplog.text
 
 
+def test_an_index_saved_before_checksums_with_a_damaged_vectors_file_is_refused_naming_it(tmp_path):
+    saved(tmp_path / "idx")
+    rewrite(tmp_path / "idx", "vectors.npy", b"not a numpy file at all", checksums="drop")
+    for half in (False, True):
+        with pytest.raises(IndexMissing, match="vectors.npy|inconsistent"):
+            FaissIndex.load(tmp_path / "idx", half=half)
+    with pytest.raises(IndexCorrupt, match="vectors.npy is damaged: not a NumPy array file"):
+        FaissIndex.load(tmp_path / "idx", half=False)
+
+
 @pytest.mark.parametrize("manifest, problem", [
     (b"{not json", "not JSON"),
     (b"[1, 2]", "not a JSON object"),

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from clipsearch.errors import IndexMissing, InvalidInput, NotFound
+from clipsearch.errors import IndexCorrupt, IndexMissing, InvalidInput, NotFound
 from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
 from clipsearch.index.faiss_files import (
     FORMAT_VERSION,
