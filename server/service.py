@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +22,8 @@ from clipsearch.models import Encoder
 from clipsearch.images import decode_image
 from clipsearch.index import VectorIndex
 from server.fetch import SafeFetcher
-from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery, suggestion
+from server.models import IdQuery, ImageQuery, Query, TextQuery, suggestion
+from server.result import SearchResult
 
 TEXT_CACHE_SIZE = 1024
 RANDOM_WEIGHTS_WARNING = ("This deployment's model has random weights (a stand-in used when no checkpoint was "
@@ -80,12 +80,6 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
                            "base64-encoded, a data: URL or an http(s) image URL" + hint) from None
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 class SearchService:
     def __init__(self, encoder: Encoder, index: VectorIndex, limits: LimitSettings, fetcher: SafeFetcher,
                  cache_size: int = TEXT_CACHE_SIZE, threads: int | None = None):
@@ -93,8 +87,8 @@ class SearchService:
         self.threads = threads  # the encoder's, for health
         self.text_cache = LruCache(cache_size)
 
-    def search(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> dict[str, Any]:
-        """The response body for a valid query; domain errors propagate to the one mapping."""
+    def search(self, q: Query) -> SearchResult:
+        """What a valid query finds; domain errors propagate to the one mapping."""
         t0 = time.perf_counter()
         vector, exclude, cached = self._vector(q)
         t1 = time.perf_counter()
@@ -103,26 +97,13 @@ class SearchService:
         hits = self.index.search(vector, q.k + 1 if exclude else q.k, q.filters, q.min_score)
         hits = [h for h in hits if h.id != exclude][: q.k]
         t2 = time.perf_counter()
-        results = [{"id": h.id, "score": round(h.score, 6),
-                    **{k: _json_safe(v) for k, v in h.metadata.items() if k not in ("id", "score")}} for h in hits]
-        body = {
-            "results": results,
-            "count": len(results),
-            "k": q.k,
-            "model": self.index.model_id,
-            # Scores are cosines for every family, but their scale is the family's (SigLIP's sit lower).
-            "family": self.encoder.family,
-            # A cached text vector was not encoded: encode is 0 and "cached" says why (the lookup's
-            # microseconds count in total).
-            "took_ms": {"encode": 0.0 if cached else round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
-                        "total": round((t2 - t0) * 1000, 3)},
-            "cached": cached,
-        }
-        if getattr(self.encoder, "random_weights", False):
-            body["warning"] = RANDOM_WEIGHTS_WARNING
-        return body
+        warning = RANDOM_WEIGHTS_WARNING if getattr(self.encoder, "random_weights", False) else None
+        # A cached text vector was not encoded: encode is 0 and "cached" says why.
+        return SearchResult(hits, q.k, self.index.model_id, self.encoder.family,
+                            encode_ms=0.0 if cached else (t1 - t0) * 1000, search_ms=(t2 - t1) * 1000,
+                            cached=cached, warning=warning)
 
-    def _vector(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> tuple[np.ndarray, str | None, bool]:
+    def _vector(self, q: Query) -> tuple[np.ndarray, str | None, bool]:
         """The query vector, the id to leave out of the results ("more like this"), and whether
         the vector came from the text cache."""
         if isinstance(q, TextQuery):

@@ -258,6 +258,28 @@ def test_min_score_and_filters(app):
     assert body == {**body, "results": [], "count": 0}
 
 
+def test_a_request_s_filters_are_parsed_once(app, monkeypatch):
+    import clipsearch.index.filters as filters
+
+    parsed = []
+    real = filters._parse_one
+    monkeypatch.setattr(filters, "_parse_one", lambda name, spec: parsed.append(name) or real(name, spec))
+    status, _, body = search(app, query="a photo", input_type="text", k=100,
+                             filters={"photographer": ["ph1", "ph2"], "width": {"gte": 64}})
+    assert status == 200 and body["count"] == 8
+    assert sorted(parsed) == ["photographer", "width"]  # at the edge; the index takes the parsed conditions
+
+
+def test_the_answer_s_fields_and_their_order_on_the_wire(app):
+    response = app.handle({"query": "a photo", "input_type": "text", "k": 2}, None)
+    body = json.loads(response["body"])
+    assert list(body) == ["results", "count", "k", "model", "family", "took_ms", "cached", "warning"]
+    assert list(body["took_ms"]) == ["encode", "search", "total"]
+    assert list(body["results"][0])[:2] == ["id", "score"] and body["count"] == len(body["results"]) == 2
+    # The total is the whole request's: parsing and validation included, so never under its parts.
+    assert body["took_ms"]["total"] >= body["took_ms"]["encode"] + body["took_ms"]["search"] - 0.002
+
+
 def test_text_embeddings_are_cached(settings, tiny_encoder):
     calls = []
 

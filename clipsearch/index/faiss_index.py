@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from clipsearch.errors import IndexCorrupt, IndexMissing, InvalidInput, NotFound
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_min_score, check_model, checked_vectors
 from clipsearch.index.faiss_files import (
     FORMAT_VERSION,
     MANIFEST,
@@ -45,7 +45,7 @@ from clipsearch.index.faiss_files import (
     parse_metadata,
     read_manifest,
 )
-from clipsearch.index.filters import filter_mask, parse_filters
+from clipsearch.index.filters import Filters, filter_mask, parse_filters
 from clipsearch.index.half import HalfVectors
 from clipsearch.schema import json_safe
 
@@ -311,13 +311,12 @@ class FaissIndex:
                        "hnsw_threshold": self.hnsw_threshold} if hnsw else {},
         }
 
-    def search(self, vector, k: int = 10, filters: dict | None = None, min_score: float | None = None) -> list[Hit]:
+    def search(self, vector, k: int = 10, filters: dict | Filters | None = None,
+               min_score: float | None = None) -> list[Hit]:
         k = check_k(k)
         q = as_query_vector(vector, self.dim)
         conds = parse_filters(filters)
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                      or not -1.0 <= min_score <= 1.0):
-            raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
+        min_score = check_min_score(min_score)
         with self._lock:
             n = self._n
             if n == 0:

@@ -35,8 +35,8 @@ from clipsearch.index import opensearch_alias as alias_ops
 from clipsearch.index import opensearch_ids as lookup
 from clipsearch.index import opensearch_load as load
 from clipsearch.index import opensearch_mapping as om
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, id_problem
-from clipsearch.index.filters import parse_filters
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_min_score, check_model, id_problem
+from clipsearch.index.filters import Filters, parse_filters
 from clipsearch.index.opensearch_bulk import Action, BulkWriter
 from clipsearch.index.opensearch_errors import INGEST_HINT, translate_errors
 
@@ -420,18 +420,17 @@ class OpenSearchIndex:
                 "params": {"engine": self.engine, "ef_search": self.ef_search, "data_type": self.data_type,
                            "mode": self.mode, "compression": self.compression}}
 
-    def search(self, vector, k: int = 10, filters: dict | None = None, min_score: float | None = None) -> list[Hit]:
+    def search(self, vector, k: int = 10, filters: dict | Filters | None = None,
+               min_score: float | None = None) -> list[Hit]:
         return self._following(lambda: self._search(vector, k, filters, min_score))
 
-    def _search(self, vector, k: int, filters: dict | None, min_score: float | None) -> list[Hit]:
+    def _search(self, vector, k: int, filters: dict | Filters | None, min_score: float | None) -> list[Hit]:
         k = check_k(k)
         if k > MAX_K:
             raise InvalidInput(f"k must be at most {MAX_K}, got {k}")
         q = as_query_vector(vector, self.dim)
         clauses = om.filter_clauses(parse_filters(filters))
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                      or not -1.0 <= min_score <= 1.0):
-            raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
+        min_score = check_min_score(min_score)
         knn: dict[str, Any] = {"vector": om.encode_vector(q, self.data_type, self.byte_scale), "k": k,
                                "method_parameters": {"ef_search": max(self.ef_search, k)}}
         if om.rescored(self.mode, self.compression):
