@@ -272,3 +272,38 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
     assert download_model.weight_patterns(["open_clip_model.safetensors", "pytorch_model.bin"]) == ["pytorch_model.bin"]
     with pytest.raises(SystemExit, match="no safetensors"):
         download_model.weight_patterns(["tf_model.h5"])
+
+
+def test_the_dockerignore_reading_follows_docker_s_rules():
+    from dockerignore import excluded, read_patterns
+
+    # The exceptions example of Docker's .dockerignore reference: the last matching line decides.
+    rules = read_patterns("# docs\n*.md\n!README*.md\nREADME-secret.md\n")
+    assert [excluded(f, rules) for f in ("a.md", "README.md", "README-secret.md", "x.txt")] == [True, False, True, False]
+    rules = read_patterns("*.md\nREADME-secret.md\n!README*.md\n")
+    assert not excluded("README-secret.md", rules) and excluded("notes.md", rules)
+    # A pattern also matches below a directory it names; "*" does not cross "/", "**" does.
+    rules = read_patterns("*\n!server/\nserver/local/\n**/__pycache__\n")
+    assert not excluded("server/app.py", rules) and excluded("server/local/stack.py", rules)
+    assert excluded("server/__pycache__/app.cpython-312.pyc", rules) and excluded("README.md", rules)
+
+
+def image_tree() -> list[str]:
+    """The files of this checkout that the final stage's COPY instructions put in the image."""
+    from dockerignore import context_files
+
+    stages = re.split(r"(?m)^FROM ", DOCKERFILE)
+    final = dockerfile_instructions("FROM " + stages[-1])
+    sources = [arg.split()[0] for op, arg in final if op == "COPY" and not arg.startswith("--")]
+    ignore = (REPO / ".dockerignore").read_text()
+    return [f for src in sources for f in context_files(REPO, src.rstrip("/"), ignore)]
+
+
+def test_the_image_holds_the_function_and_none_of_the_dev_tooling():
+    tree = image_tree()
+    assert {"server/handler.py", "server/app.py", "clipsearch/config.py"} <= set(tree)
+    assert (REPO / "server" / "local" / "stack.py").is_file()
+    assert [f for f in tree if f.startswith("server/local/")] == []
+    importers = [f for f in tree if f.endswith(".py")
+                 and re.search(r"(?m)^\s*(from|import)\s+server\.local\b", (REPO / f).read_text())]
+    assert importers == [], "the image's code must not need the local emulator runner"

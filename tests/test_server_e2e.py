@@ -248,7 +248,8 @@ def test_gateway_answers_504_after_its_timeout_and_keeps_the_emulator_serialised
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from server.local import Gateway, Invoker
+    from server.local.gateway import Gateway
+    from server.local.invoker import Invoker
 
     active, overlaps = [0], []
 
@@ -291,7 +292,7 @@ def test_gateway_answers_504_after_its_timeout_and_keeps_the_emulator_serialised
 
 
 def test_non_proxy_function_replies_become_502():
-    from server.local import proxy_reply
+    from server.local.gateway import proxy_reply
 
     status, _, body = proxy_reply({"errorMessage": "boom", "errorType": "Runtime.ExitError"})
     assert status == 502 and json.loads(body) == {"message": "Internal server error"}

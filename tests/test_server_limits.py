@@ -13,7 +13,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from clipsearch.config import DEFAULT_MAX_IMAGE_BYTES, EVENT_ENVELOPE_BYTES, LAMBDA_PAYLOAD_BYTES, LimitSettings, Settings
-from server.gateway import Gateway, Invoker, rest_event
+from server.local.gateway import Gateway, rest_event
+from server.local.invoker import Invoker
 
 # API Gateway caps the header values of a REST API request at 10,240 bytes in all ("Total
 # combined size of all header values", API Gateway quotas); the event carries them twice.
