@@ -10,19 +10,24 @@ The gateway turns `POST /search` into a REST (v1) proxy event, invokes the funct
 its statusCode/headers/body, or 504 `{"message": "Endpoint request timed out"}` after 29 s, as
 API Gateway does. `GET /health` is 200 once the function answers and is initialised.
 
+The function is configured by this shell's variables of the README's table (MODEL_PATH,
+INDEX_PATH, ENCODER, BACKEND, OPENSEARCH_* ...) and its AWS_* and HF_* ones; other variables of
+the shell do not reach it (server/local/stack.py, BASE_VARIABLES).
+
 The emulator's START/END/REPORT lines for each invocation are left out unless `--verbose`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 from typing import Any
 
 from server.local.gateway import API_GATEWAY_TIMEOUT_S
-from server.local.stack import CURL, LocalStack, PortInUse
+from server.local.stack import CURL, LocalStack, PortInUse, shell_configuration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     # Explicit: a shell's background job starts with SIGINT ignored, and Ctrl-C must still stop us.
     signal.signal(signal.SIGINT, stop_on_term)
     signal.signal(signal.SIGTERM, stop_on_term)
-    stack = LocalStack(lambda_port=args.lambda_port, gateway_port=args.gateway_port, timeout_s=args.timeout,
-                       host=args.host, rie=args.rie, quiet=not args.verbose)
+    stack = LocalStack(shell_configuration(os.environ), lambda_port=args.lambda_port, gateway_port=args.gateway_port,
+                       timeout_s=args.timeout, host=args.host, rie=args.rie, quiet=not args.verbose)
     try:
         try:
             stack.start(wait=False)

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
 from server.local.front import InvokeFront
 from server.local.gateway import API_GATEWAY_TIMEOUT_S, Gateway, proxy_reply, rest_event
@@ -38,6 +38,25 @@ INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 FUNCTION_TIMEOUT_S = 28  # infra/template.yaml's Timeout: one second under the gateway's
 CURL = ('curl -XPOST "http://localhost:{port}/2015-03-31/functions/function/invocations" '
         "-d '{{\"query\": \"two dogs\", \"input_type\": \"text\"}}'")
+# What any process needs, taken from ours when set: the programs' path, the home directory (caches),
+# the locale and the temporary directory. Nothing else of our environment reaches the function:
+# a variable exported in the shell (ENCODER, BACKEND, MODEL_ID ...) must not change what a test
+# or a benchmark measures. The function's configuration is what the caller passes as `env`.
+BASE_VARIABLES = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
+# The variables `python -m server.local` hands on from its shell, beside the settings' own (the
+# README's table): the AWS credential chain's and region (INDEX_S3_URI, OpenSearch with SigV4) and
+# Hugging Face's cache, token and offline switch (a MODEL_ID fetched from the hub).
+SHELL_PREFIXES = ("AWS_", "HF_")
+
+
+def shell_configuration(environ: Mapping[str, str]) -> dict[str, str]:
+    """The function's configuration from a shell's environment: the settings' variables, AWS_*, HF_*."""
+    from clipsearch.config import Settings
+
+    names = set(Settings.variables())
+    return {k: v for k, v in environ.items() if k in names or k.startswith(SHELL_PREFIXES)}
+
+
 # What the emulator prints around every invocation (aws-lambda-runtime-interface-emulator,
 # internal/lambda/rie/handlers.go: "START RequestId: ...", "END RequestId: ...", "REPORT RequestId: ...").
 EMULATOR_REQUEST_LINE = re.compile(rb"^(START|END|REPORT) RequestId: ")
@@ -87,6 +106,9 @@ class LocalStack:
         with LocalStack(env={"INDEX_PATH": ..., "MODEL_PATH": ...}) as stack:
             requests.post(stack.search_url, json={...})
 
+    `env` is the function's configuration: it sees that, a few variables any process needs
+    (BASE_VARIABLES) and HF_HUB_OFFLINE=1, TOKENIZERS_PARALLELISM=false unless `env` says
+    otherwise; not the rest of this process's environment.
     Ports 0 pick free ones. `wait=True` returns once the function answers GET /health (its
     status, 200 or 503 with the reason, is in `ready_status`).
     """
@@ -156,11 +178,13 @@ class LocalStack:
                 *self.python, "-m", "awslambdaric", "server.handler.handler"]
 
     def process_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env.setdefault("AWS_LAMBDA_FUNCTION_TIMEOUT", str(self.function_timeout_s))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        """The emulator's (and so the function's) environment: what any process needs from ours
+        (BASE_VARIABLES), the defaults below, then `env`. Nothing else of ours gets through."""
+        env = {name: os.environ[name] for name in BASE_VARIABLES if name in os.environ}
+        env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   AWS_LAMBDA_FUNCTION_TIMEOUT=str(self.function_timeout_s))
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         return env
 
     def start(self, wait: bool = True) -> "LocalStack":
