@@ -91,10 +91,10 @@ def stack_run(env: dict[str, str], warm: int) -> dict:
     invocations on the emulator's own port; the runtime's peak RSS at the end (text tower only)."""
     import requests
 
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     body = {"query": QUERY, "input_type": "text", "k": 10}
-    stack = LocalStack(env=env, log=os.devnull)
+    stack = LocalLambda(env=env, log=os.devnull)
     t0 = time.perf_counter()
     stack.start(wait=False)
     try:
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "in_process": in_process(onnx_dir, repeat), "parity": parity(source, onnx_dir),
                                      "installed": sizes(source, onnx_dir)}
     figures.update({
-        "mode": "server.local.LocalStack (Lambda RIE + awslambdaric + handler + gateway), ENCODER=onnx, text tower "
+        "mode": "server.local.LocalLambda (Lambda RIE + awslambdaric + handler + gateway), ENCODER=onnx, text tower "
                 "only; timed from starting it to the first 200 on POST /search; warm = direct invocations on the "
                 "emulator's port; peak RSS = the runtime process's VmHWM after the warm queries",
         "index": "faiss, 25,000 clustered synthetic vectors of each family's dimension (exact search)",

@@ -169,10 +169,10 @@ def stack_cold_start(env: dict[str, str], warm: int) -> dict:
     """Through the emulator: start the local stack, POST /search until the first text answer."""
     import requests
 
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     body = {"query": QUERY, "input_type": "text", "k": 10}
-    stack = LocalStack(env=env, log=os.devnull)
+    stack = LocalLambda(env=env, log=os.devnull)
     t0 = time.perf_counter()
     stack.start(wait=False)
     try:
@@ -324,7 +324,7 @@ def verdict(proc: dict) -> dict:
     return {"cold_speedup": round(speedup, 2), "checks": checks, "all_met": all(checks.values())}
 
 
-def _has_local_stack() -> bool:
+def _has_local_lambda() -> bool:
     try:
         return importlib.util.find_spec("server.local") is not None
     except ModuleNotFoundError:  # no server package on this checkout
@@ -346,14 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or None
     variants = {name: variant_env(name, source, onnx_dir, index_dir, threads)
                 for name in VARIANTS}
-    use_stack = not args.in_process and _has_local_stack()
+    use_stack = not args.in_process and _has_local_lambda()
     where = "through the emulator" if use_stack else "in fresh processes"
     print(f"cold starts (process start -> first text answer) {where}, then warm queries ...", flush=True)
     proc = bench_processes(variants, rounds, warm, stack_cold_start if use_stack else cold_start)
     figures = {
         "model": "ViT-B/32 architecture, random weights",
         "index": "faiss, 25,000 x 512 (exact search), held as the server holds it (INDEX_MEMORY default: float16)",
-        "mode": ("emulator: server.local.LocalStack (Lambda RIE + awslambdaric + handler + gateway), timed from "
+        "mode": ("emulator: server.local.LocalLambda (Lambda RIE + awslambdaric + handler + gateway), timed from "
                  "starting it to the first 200 on POST /search; warm = direct invocations on the RIE's own port "
                  "(and, apart, through port 9000's queueing front and through the local gateway)" if use_stack else
                  "in-process: a fresh Python process runs the handler's init + first query (no emulator)"),

@@ -1,4 +1,4 @@
-"""Query-service benchmark (issue 5), through the real Lambda emulator (server.local.LocalStack).
+"""Query-service benchmark (issue 5), through the real Lambda emulator (server.local.LocalLambda).
 
     python -m bench.server_bench [--quick]
 
@@ -116,9 +116,9 @@ def timed_invoke(stack, body: dict) -> tuple[float, dict]:
 
 def cold_start(env: dict, log: Path) -> float:
     """Seconds from the emulator's process start to the first text answer."""
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
-    stack = LocalStack(env=env, log=log)
+    stack = LocalLambda(env=env, log=log)
     try:
         stack.start(wait=False)
         while True:
@@ -152,13 +152,13 @@ def onnx_dir(model: Path) -> Path:
 
 def measure(env: dict, n_cold: int, text_queries: list[str], n_image: int, log: Path) -> dict:
     """Every figure for one encoder configuration, through the emulator."""
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     log.write_text("")
     colds = [cold_start(env, log) for _ in range(n_cold)]
     init_ms = [json.loads(line)["ms"] for line in log.read_text().splitlines() if line.startswith('{"event": "init"')]
     print(f"  cold start (process start -> first text answer): {[round(c, 2) for c in colds]} s", flush=True)
-    with LocalStack(env=env, log=log) as stack:
+    with LocalLambda(env=env, log=log) as stack:
         proc = stack.runtime_process()
         for q in phrases(10, seed=99):  # warm-up: first calls pay for lazy allocations
             timed_invoke(stack, {"query": q, "input_type": "text"})

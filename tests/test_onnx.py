@@ -504,18 +504,17 @@ def test_handler_imports_and_answers_with_onnx_without_torch(onnx_dir, torch_bui
 
 @pytest.mark.e2e
 def test_emulator_end_to_end_with_the_onnx_encoder(onnx_dir, torch_built_index, tiny_encoder, tmp_path):
-    pytest.importorskip("server.local", reason="the server lands on another branch")
     import base64
 
     import requests
 
     from clipsearch.images import decode_image
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     index = FaissIndex.load(torch_built_index)
     env = {"ENCODER": "onnx", "ONNX_PATH": str(onnx_dir), "INDEX_PATH": str(torch_built_index), "BACKEND": "faiss",
            "TORCH_THREADS": "1"}
-    with LocalStack(env=env, log=tmp_path / "stack.log") as stack:
+    with LocalLambda(env=env, log=tmp_path / "stack.log") as stack:
         assert stack.ready_status == 200, (tmp_path / "stack.log").read_text()[-3000:]
         for text in ["two dogs", "a red car on the street at night", "Ünïcödé 🐕"]:
             r = requests.post(stack.search_url, json={"query": text, "input_type": "text", "k": 5}, timeout=60)
@@ -610,7 +609,7 @@ def test_handler_runs_under_the_emulator_on_the_image_python_with_only_the_onnx_
 
     from image_support import image_python, install_site, lock_wheels, session_dir, tail
     from scripts.locks import image_platform
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     platform = image_platform()
     python = image_python(platform.python)
@@ -631,7 +630,7 @@ def test_handler_runs_under_the_emulator_on_the_image_python_with_only_the_onnx_
     queries = [{"query": "two dogs", "input_type": "text"}, {"query": "img3", "input_type": "id"},
                {"query": base64.b64encode(make_image(5, fmt="PNG")).decode(), "input_type": "image"},
                {"query": "", "input_type": "text"}]
-    with LocalStack(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
+    with LocalLambda(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         replies = [stack.invoke(q) for q in queries]
         runtime = stack.runtime_process()

@@ -156,7 +156,7 @@ def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, ti
     """On this venv's Python (3.11) and packages, not the image's: the runtime's interpreter runs
     with -S (no site-packages at all) and a site-packages holding only requirements.txt's dependency
     closure, what a virtualenv built from it alone would hold. The image's Python: below."""
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     closure = requirement_closure(REPO / "requirements.txt")
     linked = requirements_only_site(tmp_path / "site", closure)
@@ -169,7 +169,7 @@ def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, ti
                {"query": "http://169.254.169.254/", "input_type": "url"}, {"query": "x", "input_type": "?"},
                *[{"query": base64.b64encode(make_image(1, fmt=f)).decode(), "input_type": "image"}
                  for f in ("JPEG", "PNG", "GIF", "WEBP")]]
-    with LocalStack(env=env, log=tmp_path / "log", python=[sys.executable, "-S"]) as stack:
+    with LocalLambda(env=env, log=tmp_path / "log", python=[sys.executable, "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         statuses = [stack.invoke(q)["statusCode"] for q in queries]
         cmdline = stack.runtime_process().cmdline()
@@ -191,7 +191,7 @@ def test_torch_image_packages_on_the_image_python(tmp_path, tmp_path_factory, ti
     import subprocess
 
     from image_support import image_python, install_site, lock_wheels, pip, session_dir, tail
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     platform = image_platform()
     python = image_python(platform.python)
@@ -230,7 +230,7 @@ def test_torch_image_packages_on_the_image_python(tmp_path, tmp_path_factory, ti
     queries = [{"query": "two dogs", "input_type": "text"}, {"query": "doc01", "input_type": "id"},
                {"query": base64.b64encode(make_image(1, fmt="PNG")).decode(), "input_type": "image"},
                {"query": "x", "input_type": "?"}]
-    with LocalStack(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
+    with LocalLambda(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         statuses = [stack.invoke(q)["statusCode"] for q in queries]
     assert statuses == [200, 200, 200, 400], (tmp_path / "log").read_text()[-3000:]

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from server.local.gateway import API_GATEWAY_TIMEOUT_S
-from server.local.stack import CURL, LocalStack, PortInUse, shell_configuration
+from server.local.stack import CURL, LocalLambda, PortInUse, shell_configuration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # Explicit: a shell's background job starts with SIGINT ignored, and Ctrl-C must still stop us.
     signal.signal(signal.SIGINT, stop_on_term)
     signal.signal(signal.SIGTERM, stop_on_term)
-    stack = LocalStack(shell_configuration(os.environ), lambda_port=args.lambda_port, gateway_port=args.gateway_port,
+    stack = LocalLambda(shell_configuration(os.environ), lambda_port=args.lambda_port, gateway_port=args.gateway_port,
                        timeout_s=args.timeout, host=args.host, rie=args.rie, quiet=not args.verbose)
     try:
         try:

@@ -100,10 +100,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class LocalStack:
+class LocalLambda:
     """The emulator (running the handler) and the gateway, started together; a context manager.
 
-        with LocalStack(env={"INDEX_PATH": ..., "MODEL_PATH": ...}) as stack:
+        with LocalLambda(env={"INDEX_PATH": ..., "MODEL_PATH": ...}) as stack:
             requests.post(stack.search_url, json={...})
 
     `env` is the function's configuration: it sees that, a few variables any process needs
@@ -163,7 +163,7 @@ class LocalStack:
         return self.gateway_url + "/health"
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> "LocalLambda":
         self.start()
         return self
 
@@ -187,7 +187,7 @@ class LocalStack:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         return env
 
-    def start(self, wait: bool = True) -> "LocalStack":
+    def start(self, wait: bool = True) -> "LocalLambda":
         try:
             # Our ports first: one in use fails here, before any process exists.
             self._rie_port = free_port()
