@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clipsearch.config import Settings
-from clipsearch.errors import ClipsearchError, ModelMismatch
+from clipsearch.errors import ClipsearchError, IndexMissing, ModelMismatch
 from server.errors import HttpError, ServiceUnavailable, to_http
 from server.events import HttpRequest, cors_headers, parse_event, proxy_response, utf8_json
 from server.fetch import SafeFetcher
@@ -159,9 +159,14 @@ class App:
         from clipsearch.index import open_index
 
         if s.index.backend == "faiss" and s.index.s3_uri:
-            from server.s3sync import sync_index
+            from server.s3sync import discard, sync_index
 
             sync_index(s.index.s3_uri, s.index.path)
+            try:
+                return open_index(s.index, s.opensearch)
+            except IndexMissing:  # IndexCorrupt included: the copy is damaged or inconsistent
+                discard(s.index.path)  # the next attempt downloads it again rather than 503 for ever
+                raise
         return open_index(s.index, s.opensearch)
 
     def _ready_service(self) -> SearchService:

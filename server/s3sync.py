@@ -2,17 +2,20 @@
 
 Reads `manifest.json` first and copies only the generation it names, so a prefix still holding
 an older generation (or files of one being uploaded) costs nothing, and the manifest is written
-last, so a copy cut short is never taken for a complete index. Credentials come only from the
-boto3 chain (the function's execution role).
+last, so a copy cut short is never taken for a complete index. A copy that synced but does not
+load (a damaged download) is discarded, so the next init attempt downloads it again. Credentials
+come only from the boto3 chain (the function's execution role).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path, PurePosixPath
 
 from clipsearch.errors import BackendUnavailable, IndexMissing
+from clipsearch.index.faiss_files import GENERATION
 
 MANIFEST = "manifest.json"
 GENERATION_FILES = ("vectors.npy", "ids.json", "metadata.jsonl")
@@ -66,6 +69,21 @@ def sync_index(uri: str, dest: str | Path, client=None) -> int:
         raise BackendUnavailable(f"cannot read the index from {uri}: {exc}", retry_after=30) from None
     except (ValueError, KeyError, TypeError):
         raise IndexMissing(f"{_key(prefix, MANIFEST)} in s3://{bucket} is not an index manifest") from None
+
+
+def discard(dest: str | Path) -> None:
+    """Forget the local copy at `dest` (it synced but does not load: a damaged download), so the
+    next sync fetches it again instead of keeping it. The manifest goes first: a copy half removed
+    is never taken for a complete one."""
+    dest = Path(dest)
+    try:
+        generation = json.loads((dest / MANIFEST).read_bytes()).get("generation")
+    except (OSError, ValueError, AttributeError):
+        generation = None
+    (dest / MANIFEST).unlink(missing_ok=True)
+    # Only a generation's own directory, whatever the manifest's text says.
+    if isinstance(generation, str) and GENERATION.fullmatch(generation):
+        shutil.rmtree(dest / generation, ignore_errors=True)
 
 
 def _list(client, bucket: str, prefix: str) -> list[str]:
