@@ -78,6 +78,7 @@ def prepare(source: Path) -> tuple[Path, Path]:
     from clipsearch.models.export import export
     from clipsearch.index import Document
     from clipsearch.index.faiss_index import FaissIndex
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
 
     onnx_dir = CACHE / "onnx-vit-b-32"
     card = read_card(onnx_dir)
@@ -87,7 +88,7 @@ def prepare(source: Path) -> tuple[Path, Path]:
         export(str(source), onnx_dir, int8_text=True)
     index_dir = CACHE / "onnx-bench-index-25k"
     model_id = resolve_model_id(str(source))
-    if not (index_dir / "manifest.json").is_file():
+    if not (index_dir / INDEX_MANIFEST).is_file():
         vectors = clustered_vectors(25_000)
         index = FaissIndex.open(index_dir, model_id=model_id, dim=512)
         with index.loading():

@@ -40,10 +40,11 @@ def index_dir(model_dir: Path) -> Path:
     from clipsearch.models import resolve_model_id
     from clipsearch.index.base import Document
     from clipsearch.index.faiss_index import FaissIndex
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
 
     path = CACHE / "server-index-25k"
     model_id = resolve_model_id(str(model_dir))
-    if (path / "manifest.json").is_file() and json.loads((path / "manifest.json").read_text())["model_id"] == model_id:
+    if (path / INDEX_MANIFEST).is_file() and json.loads((path / INDEX_MANIFEST).read_text())["model_id"] == model_id:
         return path
     vectors = clustered_vectors(N_DOCS, 512, seed=5)
     index = FaissIndex(path, model_id=model_id, dim=512)
@@ -139,12 +140,13 @@ def cold_start(env: dict, log: Path) -> float:
 
 def onnx_dir(model: Path) -> Path:
     """The model exported to ONNX (fp32 text and vision towers), cached."""
+    from clipsearch.models.card import CARD_FILE
     from clipsearch.models.export import export
 
     path = CACHE / "server-bench-onnx-vit-b-32"
-    manifest = path / "clipsearch_model.json"
-    # Exports from before the rewritten text graph (no "text_graph" in the manifest) are redone.
-    if not manifest.is_file() or "text_graph" not in json.loads(manifest.read_text()):
+    card = path / CARD_FILE
+    # Exports from before the rewritten text graph (no "text_graph" in the model card) are redone.
+    if not card.is_file() or "text_graph" not in json.loads(card.read_text()):
         print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
         export(str(model), path)
     return path

@@ -37,7 +37,7 @@ from clipsearch.errors import IndexCorrupt, IndexMissing, InvalidInput, NotFound
 from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_min_score, check_model, checked_vectors
 from clipsearch.index.faiss_files import (
     FORMAT_VERSION,
-    MANIFEST,
+    INDEX_MANIFEST,
     Generation,
     check_unit_rows,
     file_entry,
@@ -163,7 +163,7 @@ class FaissIndex:
     @classmethod
     def open(cls, path: str | Path, *, model_id: str, dim: int, **opts) -> "FaissIndex":
         """Load the index at `path` if there is one (checking its model), else start an empty one."""
-        if (Path(path) / MANIFEST).is_file():
+        if (Path(path) / INDEX_MANIFEST).is_file():
             index = cls.load(path, **opts)
             check_model(index, model_id, dim)
             return index
@@ -275,7 +275,7 @@ class FaissIndex:
                 "files": files,
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+            _atomic_write(self.path / INDEX_MANIFEST, json.dumps(manifest, indent=2).encode())
             _fsync_dir(self.path)
             for old in self.path.glob("gen-*"):
                 if old.name != gen_name:
