@@ -1,6 +1,6 @@
 """clipsearch front-end: `streamlit run streamlit_app.py`.
 
-Only layout and widgets live here; the API client (with its cold-start retry policy), query
+Only layout and widgets live here; the API client (with its cold-start retry budget), query
 building, card text and thumbnails are in `frontend/`. Settings: CLIPSEARCH_API_URL (full URL of
 POST /search), CLIPSEARCH_API_KEY (sent as x-api-key) and CLIPSEARCH_RETRY_BUDGET, from the
 environment or, where unset there, from Streamlit secrets (.streamlit/secrets.toml).
@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from frontend import render
-from frontend.client import RetryPolicy, SearchClient, SearchFailed, SearchRequest
+from frontend.client import RetryBudget, SearchClient, SearchFailed, SearchRequest
 from frontend.config import FrontendSettings
 from frontend.query import ORIENTATIONS, UPLOAD_TYPES, BadQuery, filters_for, image_request, text_request, url_request
 from frontend.thumbs import placeholder, thumbs_for
@@ -46,7 +46,7 @@ def client_for(settings: FrontendSettings) -> SearchClient:
     """One client (and HTTP connection pool) per browser session, rebuilt if the settings change."""
     key = (settings.api_url, settings.api_key, settings.retry_budget_s)
     if st.session_state.get("client_key") != key:
-        policy = RetryPolicy(budget_s=settings.retry_budget_s)
+        policy = RetryBudget(budget_s=settings.retry_budget_s)
         st.session_state["client"] = SearchClient(settings.api_url, settings.api_key, policy=policy)
         st.session_state["client_key"] = key
     return st.session_state["client"]

@@ -25,7 +25,7 @@ from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.schema import display_text
 from ingest.decode import DecodeLimits
-from ingest.download import RetryPolicy
+from ingest.download import DownloadRetries
 from ingest.progress import Progress, Summary
 
 if TYPE_CHECKING:  # the pipeline imports the encoder; --help should not
@@ -241,7 +241,7 @@ def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:
 
     opts = unsplash.UnsplashOptions(
         dataset_url=args.dataset_url, data_dir=Path(args.data_dir), width=args.width, workers=args.workers,
-        limit=args.limit, policy=RetryPolicy(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
+        limit=args.limit, policy=DownloadRetries(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
         max_image_bytes=args.max_bytes,
     )
     t0 = time.perf_counter()
