@@ -29,7 +29,6 @@ import requests
 from clipsearch.errors import ClipsearchError
 
 RETRY_STATUSES = frozenset({429, 503, 504})
-INPUT_TYPES = ("text", "image", "url", "id")
 
 
 @dataclass(frozen=True)

@@ -188,9 +188,9 @@ def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny
 
 
 def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
-    from clipsearch.models.export import _check_text_graph, load_tower
+    from clipsearch.models.export import _check_text_graph, exportable_tower
 
-    text, cfg = load_tower(str(tiny_model_dir), "text")
+    text, cfg = exportable_tower(str(tiny_model_dir), "text")
     broken = tmp_path / "text.onnx"
     broken.write_bytes(b"not a protobuf")
     assert _check_text_graph(broken, text, cfg).startswith("onnxruntime cannot run it")
