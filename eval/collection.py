@@ -83,12 +83,12 @@ def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
     from ingest.cli import main as ingest_main  # the real pipeline, imported only when used
 
     # The staging folder is links to the dataset's files, outside it: followed on purpose.
-    argv = ["folder", str(folder), "--follow-links", "--backend", settings.backend, "--cache-dir", str(cache_dir)]
+    argv = ["folder", str(folder), "--follow-links", "--backend", settings.index.backend, "--cache-dir", str(cache_dir)]
     env = {}
-    if settings.backend == "faiss":
-        argv += ["--index", str(settings.index_path)]
+    if settings.index.backend == "faiss":
+        argv += ["--index", str(settings.index.path)]
     else:  # ingest takes the OpenSearch index name from the environment only
-        env["OPENSEARCH_INDEX"] = settings.opensearch_index
+        env["OPENSEARCH_INDEX"] = settings.opensearch.index
     t0 = time.perf_counter()
     with _environ(env):
         code = ingest_main(argv)

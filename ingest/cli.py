@@ -25,7 +25,7 @@ from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.schema import display_text
 from ingest.decode import DecodeLimits
-from ingest.download import RetryPolicy
+from ingest.download import DownloadRetries
 from ingest.progress import Progress, Summary
 
 if TYPE_CHECKING:  # the pipeline imports the encoder; --help should not
@@ -142,22 +142,22 @@ class _FullHelp(argparse.Action):
 
 def _settings(args, settings: Settings | None) -> Settings:
     settings = settings or Settings.from_env()
-    changes = {}
+    index, model = settings.index, settings.model
     if args.index:
-        changes["index_path"] = args.index
+        index = dataclasses.replace(index, path=args.index)
     if args.backend:
-        changes["backend"] = args.backend
+        index = dataclasses.replace(index, backend=args.backend)
     if args.threads:
-        changes["threads"] = args.threads
-    return dataclasses.replace(settings, **changes)
+        model = dataclasses.replace(model, threads=args.threads)
+    return dataclasses.replace(settings, index=index, model=model)
 
 
 def _encoder(settings: Settings, device: str, precision: str):
     from clipsearch.models.torch_encoder import TorchEncoder
 
-    explicit = settings.model_id if settings.model_path else None
+    explicit = settings.model.id if settings.model.path else None
     # No tower loaded yet: a run that finds everything indexed or cached never loads the model.
-    return TorchEncoder(settings.model_source, model_id=explicit, threads=settings.threads,
+    return TorchEncoder(settings.model.source, model_id=explicit, threads=settings.model.threads,
                         device=None if device == "auto" else device, cpu_bf16=precision == "bf16", load=())
 
 
@@ -178,15 +178,15 @@ def _pipeline_options(args, settings: Settings, device: str):
         decode_workers=workers,
         prefetch=args.prefetch,
         save_every=args.save_every,
-        limits=DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels or settings.max_image_pixels),
+        limits=DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels or settings.limits.max_image_pixels),
         batch_delay=args.batch_delay,
     )
 
 
 def _index_location(settings: Settings) -> str:
-    if settings.backend == "opensearch":
-        return f"opensearch:{settings.opensearch_url}/{settings.opensearch_index}"
-    return f"faiss:{Path(settings.index_path).resolve()}"
+    if settings.index.backend == "opensearch":
+        return f"opensearch:{settings.opensearch.url}/{settings.opensearch.index}"
+    return f"faiss:{Path(settings.index.path).resolve()}"
 
 
 def execute(argv: list[str] | None = None, settings: Settings | None = None) -> Summary:
@@ -201,7 +201,7 @@ def execute(argv: list[str] | None = None, settings: Settings | None = None) -> 
     from ingest.lock import lock_index
 
     # The embedded index is written whole at each save: one ingest at a time per directory.
-    index_lock = lock_index(settings.index_path, wait=args.wait) if settings.backend == "faiss" else None
+    index_lock = lock_index(settings.index.path, wait=args.wait) if settings.index.backend == "faiss" else None
     try:
         _run(args, settings, summary, progress)
     finally:
@@ -219,7 +219,7 @@ def _run(args, settings: Settings, summary: Summary, progress: Progress) -> None
 
     t0 = time.perf_counter()
     encoder = _encoder(settings, args.device, args.precision)
-    index = open_index(settings, model_id=encoder.model_id, dim=encoder.dim)
+    index = open_index(settings.index, settings.opensearch, model_id=encoder.model_id, dim=encoder.dim)
     # bf16 vectors are the same model's (one index takes both) but not the same numbers: own cache.
     cache_key = encoder.model_id + ("@bf16" if args.precision == "bf16" else "")
     cache = NoCache() if args.no_cache else EmbeddingCache.open(args.cache_dir, model_id=cache_key, dim=encoder.dim)
@@ -241,7 +241,7 @@ def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:
 
     opts = unsplash.UnsplashOptions(
         dataset_url=args.dataset_url, data_dir=Path(args.data_dir), width=args.width, workers=args.workers,
-        limit=args.limit, policy=RetryPolicy(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
+        limit=args.limit, policy=DownloadRetries(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
         max_image_bytes=args.max_bytes,
     )
     t0 = time.perf_counter()
