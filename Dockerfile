@@ -46,7 +46,7 @@ ARG MODEL_ID
 COPY server/download_model.py /tmp/download_model.py
 RUN python /tmp/download_model.py "${MODEL_ID}" /opt/model && rm /tmp/download_model.py
 
-# ---- the ONNX export: text and image towers, tokenizer, manifest naming MODEL_ID ----------------
+# ---- the ONNX export: text and image towers, tokenizer, model card naming MODEL_ID --------------
 FROM weights AS onnx-export
 ARG MODEL_ID
 ARG ONNX_TEXT_INT8

@@ -1,6 +1,6 @@
 """clipsearch front-end: `streamlit run streamlit_app.py`.
 
-Only layout and widgets live here; the API client (with its cold-start retry policy), query
+Only layout and widgets live here; the API client (with its cold-start retry budget), query
 building, card text and thumbnails are in `frontend/`. Settings: CLIPSEARCH_API_URL (full URL of
 POST /search), CLIPSEARCH_API_KEY (sent as x-api-key) and CLIPSEARCH_RETRY_BUDGET, from the
 environment or, where unset there, from Streamlit secrets (.streamlit/secrets.toml).
@@ -14,9 +14,9 @@ from typing import Any
 
 import streamlit as st
 
-from clipsearch.config import Settings
 from frontend import render
-from frontend.client import RetryPolicy, SearchClient, SearchFailed, SearchRequest
+from frontend.client import RetryBudget, SearchClient, SearchFailed, SearchRequest
+from frontend.config import FrontendSettings
 from frontend.query import ORIENTATIONS, UPLOAD_TYPES, BadQuery, filters_for, image_request, text_request, url_request
 from frontend.thumbs import placeholder, thumbs_for
 
@@ -30,7 +30,7 @@ GRID_CSS = """<style>
 </style>"""
 
 
-def api_settings() -> Settings:
+def api_settings() -> FrontendSettings:
     """Environment first; Streamlit secrets fill what the environment leaves unset."""
     env = dict(os.environ)
     try:
@@ -39,14 +39,14 @@ def api_settings() -> Settings:
                 env[name] = str(st.secrets[name])
     except FileNotFoundError:  # no secrets.toml: the environment alone decides
         pass
-    return Settings.from_env(env)
+    return FrontendSettings.from_env(env)
 
 
-def client_for(settings: Settings) -> SearchClient:
+def client_for(settings: FrontendSettings) -> SearchClient:
     """One client (and HTTP connection pool) per browser session, rebuilt if the settings change."""
-    key = (settings.api_url, settings.api_key, settings.api_retry_budget)
+    key = (settings.api_url, settings.api_key, settings.retry_budget_s)
     if st.session_state.get("client_key") != key:
-        policy = RetryPolicy(budget_s=settings.api_retry_budget)
+        policy = RetryBudget(budget_s=settings.retry_budget_s)
         st.session_state["client"] = SearchClient(settings.api_url, settings.api_key, policy=policy)
         st.session_state["client_key"] = key
     return st.session_state["client"]
@@ -56,7 +56,7 @@ def more_like(doc_id: str, label: str) -> None:
     st.session_state["more_like"] = (doc_id, label)
 
 
-def sidebar(settings: Settings) -> dict[str, Any]:
+def sidebar(settings: FrontendSettings) -> dict[str, Any]:
     with st.sidebar:
         st.header("Options")
         k = st.slider("Number of results", 1, 100, 12, key="k")

@@ -63,9 +63,10 @@ def bench_images(batch: int, rounds: int) -> dict:
 def _index(vectors: np.ndarray, threshold: int, name: str):
     from clipsearch.index import Document
     from clipsearch.index.faiss_index import FaissIndex
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
 
     path = CACHE / name
-    if (path / "manifest.json").is_file():
+    if (path / INDEX_MANIFEST).is_file():
         return FaissIndex.load(path, hnsw_threshold=threshold), 0.0
     index = FaissIndex(path, model_id="bench", dim=vectors.shape[1], hnsw_threshold=threshold)
     step = 50_000

@@ -64,15 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=25_000, help="documents (default: %(default)s)")
     args = ap.parse_args(argv)
     from clipsearch.index.faiss_index import FaissIndex
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
 
     checked, legacy = CACHE / f"load-{args.n}", CACHE / f"load-{args.n}-no-checksums"
     for path in (checked, legacy):
         shutil.rmtree(path, ignore_errors=True)
     _build(checked, args.n)
     shutil.copytree(checked, legacy)
-    manifest = json.loads((legacy / "manifest.json").read_text())
+    manifest = json.loads((legacy / INDEX_MANIFEST).read_text())
     files = manifest.pop("files")
-    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    (legacy / INDEX_MANIFEST).write_text(json.dumps(manifest))
     gen = checked / manifest["generation"]
     repeat = 5 if args.quick else 21
 

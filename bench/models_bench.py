@@ -54,13 +54,14 @@ def prepare(name: str) -> tuple[Path, Path, Path]:
     """The stand-in, its ONNX export (fp32 + int8 text) and a 25k-vector index, built once and cached."""
     from clipsearch.index import Document
     from clipsearch.index.faiss_index import FaissIndex
-    from clipsearch.models import read_card
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
+    from clipsearch.models import CARD_FILE, read_card
     from clipsearch.models.export import export
     from clipsearch.models.modelgen import build_stand_in
 
     preset = FAMILY_MODELS[name][0]
     source = CACHE / f"random-{preset}"
-    if not (source / "clipsearch_model.json").is_file():
+    if not (source / CARD_FILE).is_file():
         print(f"building the {preset} stand-in (once) ...", flush=True)
         build_stand_in(source, preset, model_id=f"clipsearch/random-{preset}")
     onnx_dir = CACHE / f"onnx-{preset}"
@@ -70,7 +71,7 @@ def prepare(name: str) -> tuple[Path, Path, Path]:
         export(str(source), onnx_dir, int8_text=True)
         card = read_card(onnx_dir)
     index_dir = CACHE / f"models-index-{preset}-25k"
-    if not (index_dir / "manifest.json").is_file():
+    if not (index_dir / INDEX_MANIFEST).is_file():
         index = FaissIndex.open(index_dir, model_id=card.model_id, dim=card.dim)
         with index.loading():
             index.upsert(Document(f"p{i:05d}", v, {"width": 640, "height": 480})
@@ -91,10 +92,10 @@ def stack_run(env: dict[str, str], warm: int) -> dict:
     invocations on the emulator's own port; the runtime's peak RSS at the end (text tower only)."""
     import requests
 
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     body = {"query": QUERY, "input_type": "text", "k": 10}
-    stack = LocalStack(env=env, log=os.devnull)
+    stack = LocalLambda(env=env, log=os.devnull)
     t0 = time.perf_counter()
     stack.start(wait=False)
     try:
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "in_process": in_process(onnx_dir, repeat), "parity": parity(source, onnx_dir),
                                      "installed": sizes(source, onnx_dir)}
     figures.update({
-        "mode": "server.local.LocalStack (Lambda RIE + awslambdaric + handler + gateway), ENCODER=onnx, text tower "
+        "mode": "server.local.LocalLambda (Lambda RIE + awslambdaric + handler + gateway), ENCODER=onnx, text tower "
                 "only; timed from starting it to the first 200 on POST /search; warm = direct invocations on the "
                 "emulator's port; peak RSS = the runtime process's VmHWM after the warm queries",
         "index": "faiss, 25,000 clustered synthetic vectors of each family's dimension (exact search)",

@@ -41,17 +41,17 @@ def warm_query(i: int) -> str:
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings
 from clipsearch.models import load_encoder
 from clipsearch.index import check_model, open_index
 t_import = time.perf_counter()
-settings = Settings.from_env()
-if settings.threads is None:  # as the handler chooses
+model = ModelSettings.from_env()
+if model.threads is None:  # as the handler chooses
     import dataclasses
     from server.app import query_threads
-    settings = dataclasses.replace(settings, threads=query_threads(settings.encoder))
-encoder = load_encoder(settings)
-index = open_index(settings)
+    model = dataclasses.replace(model, threads=query_threads(model.encoder))
+encoder = load_encoder(model)
+index = open_index(IndexSettings.from_env())
 check_model(index, encoder.model_id, encoder.dim)
 t_init = time.perf_counter()
 hits = index.search(encoder.encode_text(sys.argv[1])[0], k=10)
@@ -78,6 +78,7 @@ def prepare(source: Path) -> tuple[Path, Path]:
     from clipsearch.models.export import export
     from clipsearch.index import Document
     from clipsearch.index.faiss_index import FaissIndex
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
 
     onnx_dir = CACHE / "onnx-vit-b-32"
     card = read_card(onnx_dir)
@@ -87,7 +88,7 @@ def prepare(source: Path) -> tuple[Path, Path]:
         export(str(source), onnx_dir, int8_text=True)
     index_dir = CACHE / "onnx-bench-index-25k"
     model_id = resolve_model_id(str(source))
-    if not (index_dir / "manifest.json").is_file():
+    if not (index_dir / INDEX_MANIFEST).is_file():
         vectors = clustered_vectors(25_000)
         index = FaissIndex.open(index_dir, model_id=model_id, dim=512)
         with index.loading():
@@ -169,10 +170,10 @@ def stack_cold_start(env: dict[str, str], warm: int) -> dict:
     """Through the emulator: start the local stack, POST /search until the first text answer."""
     import requests
 
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     body = {"query": QUERY, "input_type": "text", "k": 10}
-    stack = LocalStack(env=env, log=os.devnull)
+    stack = LocalLambda(env=env, log=os.devnull)
     t0 = time.perf_counter()
     stack.start(wait=False)
     try:
@@ -324,7 +325,7 @@ def verdict(proc: dict) -> dict:
     return {"cold_speedup": round(speedup, 2), "checks": checks, "all_met": all(checks.values())}
 
 
-def _has_local_stack() -> bool:
+def _has_local_lambda() -> bool:
     try:
         return importlib.util.find_spec("server.local") is not None
     except ModuleNotFoundError:  # no server package on this checkout
@@ -346,14 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or None
     variants = {name: variant_env(name, source, onnx_dir, index_dir, threads)
                 for name in VARIANTS}
-    use_stack = not args.in_process and _has_local_stack()
+    use_stack = not args.in_process and _has_local_lambda()
     where = "through the emulator" if use_stack else "in fresh processes"
     print(f"cold starts (process start -> first text answer) {where}, then warm queries ...", flush=True)
     proc = bench_processes(variants, rounds, warm, stack_cold_start if use_stack else cold_start)
     figures = {
         "model": "ViT-B/32 architecture, random weights",
         "index": "faiss, 25,000 x 512 (exact search), held as the server holds it (INDEX_MEMORY default: float16)",
-        "mode": ("emulator: server.local.LocalStack (Lambda RIE + awslambdaric + handler + gateway), timed from "
+        "mode": ("emulator: server.local.LocalLambda (Lambda RIE + awslambdaric + handler + gateway), timed from "
                  "starting it to the first 200 on POST /search; warm = direct invocations on the RIE's own port "
                  "(and, apart, through port 9000's queueing front and through the local gateway)" if use_stack else
                  "in-process: a fresh Python process runs the handler's init + first query (no emulator)"),

@@ -1,4 +1,4 @@
-"""Query-service benchmark (issue 5), through the real Lambda emulator (server.local.LocalStack).
+"""Query-service benchmark (issue 5), through the real Lambda emulator (server.local.LocalLambda).
 
     python -m bench.server_bench [--quick]
 
@@ -40,10 +40,11 @@ def index_dir(model_dir: Path) -> Path:
     from clipsearch.models import resolve_model_id
     from clipsearch.index.base import Document
     from clipsearch.index.faiss_index import FaissIndex
+    from clipsearch.index.faiss_files import INDEX_MANIFEST
 
     path = CACHE / "server-index-25k"
     model_id = resolve_model_id(str(model_dir))
-    if (path / "manifest.json").is_file() and json.loads((path / "manifest.json").read_text())["model_id"] == model_id:
+    if (path / INDEX_MANIFEST).is_file() and json.loads((path / INDEX_MANIFEST).read_text())["model_id"] == model_id:
         return path
     vectors = clustered_vectors(N_DOCS, 512, seed=5)
     index = FaissIndex(path, model_id=model_id, dim=512)
@@ -116,9 +117,9 @@ def timed_invoke(stack, body: dict) -> tuple[float, dict]:
 
 def cold_start(env: dict, log: Path) -> float:
     """Seconds from the emulator's process start to the first text answer."""
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
-    stack = LocalStack(env=env, log=log)
+    stack = LocalLambda(env=env, log=log)
     try:
         stack.start(wait=False)
         while True:
@@ -139,12 +140,13 @@ def cold_start(env: dict, log: Path) -> float:
 
 def onnx_dir(model: Path) -> Path:
     """The model exported to ONNX (fp32 text and vision towers), cached."""
+    from clipsearch.models.card import CARD_FILE
     from clipsearch.models.export import export
 
     path = CACHE / "server-bench-onnx-vit-b-32"
-    manifest = path / "clipsearch_model.json"
-    # Exports from before the rewritten text graph (no "text_graph" in the manifest) are redone.
-    if not manifest.is_file() or "text_graph" not in json.loads(manifest.read_text()):
+    card = path / CARD_FILE
+    # Exports from before the rewritten text graph (no "text_graph" in the model card) are redone.
+    if not card.is_file() or "text_graph" not in json.loads(card.read_text()):
         print("exporting ViT-B/32 to ONNX (once) ...", flush=True)
         export(str(model), path)
     return path
@@ -152,13 +154,13 @@ def onnx_dir(model: Path) -> Path:
 
 def measure(env: dict, n_cold: int, text_queries: list[str], n_image: int, log: Path) -> dict:
     """Every figure for one encoder configuration, through the emulator."""
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     log.write_text("")
     colds = [cold_start(env, log) for _ in range(n_cold)]
     init_ms = [json.loads(line)["ms"] for line in log.read_text().splitlines() if line.startswith('{"event": "init"')]
     print(f"  cold start (process start -> first text answer): {[round(c, 2) for c in colds]} s", flush=True)
-    with LocalStack(env=env, log=log) as stack:
+    with LocalLambda(env=env, log=log) as stack:
         proc = stack.runtime_process()
         for q in phrases(10, seed=99):  # warm-up: first calls pay for lazy allocations
             timed_invoke(stack, {"query": q, "input_type": "text"})

@@ -1,17 +1,31 @@
 """Settings from environment variables, read in one place.
 
-Every variable is listed in the README's configuration table; keep the two in step.
+Settings come in sections, one per consumer: the encoder loader takes `ModelSettings`,
+`open_index` takes `IndexSettings` (and `OpenSearchSettings` for that backend), the query
+service takes `LimitSettings` and `ServerSettings`; the front-end's section is
+`frontend.config.FrontendSettings`. Each field names its variable and default once, with `env()`;
+`Section.from_env` reads every field of a section, and `Settings.from_env` reads all of the
+core's sections:
+
+    settings = Settings.from_env()          # the aggregate: .model, .index, .opensearch, ...
+    encoder = load_encoder(settings.model)
+    limits = LimitSettings.from_env()       # one section alone
+
+An unset or blank variable gives the field's default; a value that does not parse is a
+ValueError naming the variable ("HNSW_THRESHOLD must be an integer, got 'many'").
+Every variable is listed in the README's configuration table (tests/test_config.py checks both ways).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypeVar
 
 # CLIP ViT-B/32 trained on LAION-2B: OpenAI ViT-B/32's architecture and cost, MIT-licensed, and +9 points
 # of recall on published benchmarks (docs/models.md says why it is the default).
 DEFAULT_MODEL_ID = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-DEFAULT_API_URL = "http://localhost:8000/search"  # the local gateway of `make demo`
 
 # The largest image a query can carry. A synchronous Lambda invocation's payload is at most 6 MB
 # (Lambda quotas; the Invoke API refuses more with "Request must be smaller than 6291456 bytes"),
@@ -25,125 +39,192 @@ EVENT_ENVELOPE_BYTES = 32 * 1024
 DEFAULT_MAX_IMAGE_BYTES = (LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES) // 4 * 3  # 4,694,016
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
+# -- parsers: raw text -> value; a ValueError's text says what was expected ----------------------
+def integer(raw: str) -> int:
     try:
-        return int(raw) if raw.strip() else default
+        return int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        raise ValueError("an integer") from None
 
 
-def _float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
+def number(raw: str) -> float:
     try:
-        return float(raw) if raw.strip() else default
+        return float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        raise ValueError("a number") from None
 
 
-def _bool(env: dict[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
         return True
-    if raw in ("0", "false", "no", "off"):
+    if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} must be true or false, got {raw!r}")
+    raise ValueError("true or false")
+
+
+def lower(raw: str) -> str:
+    return raw.lower()
+
+
+def stripped(raw: str) -> str:
+    return raw.strip()
+
+
+def count_or_none(raw: str) -> int | None:
+    """An integer where 0 means unset (the consumer picks its own value)."""
+    return integer(raw) or None
+
+
+def comma_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def path_list(raw: str) -> tuple[str, ...]:
+    return tuple(item for item in raw.split(os.pathsep) if item)
 
 
 @dataclass(frozen=True)
-class Settings:
-    model_id: str | None = None  # None: DEFAULT_MODEL_ID, or what MODEL_PATH says it is
-    model_path: str | None = None
-    encoder: str = "torch"  # "torch" | "onnx"
-    onnx_path: str | None = None
-    onnx_text_int8: bool = False  # the ONNX encoder's int8 text tower (export with --int8-text)
-    threads: int | None = None
-    backend: str = "faiss"  # "faiss" | "opensearch"
-    index_path: str = "data/index"
-    # s3://bucket/prefix: the deployed function copies the embedded index from here to index_path.
-    index_s3_uri: str | None = None
-    hnsw_threshold: int = 50_000
-    # How the query service holds the embedded index's vectors: float16 halves the memory with
-    # the same results (clipsearch.index.half); ingest always writes float32.
-    index_memory: str = "float16"  # "float16" | "float32"
-    opensearch_url: str | None = None
-    opensearch_index: str = "clipsearch"
-    opensearch_auth: str = "none"  # "none" | "basic" | "sigv4"
-    opensearch_service: str = "es"  # "es" | "aoss" (SigV4 service name)
-    opensearch_user: str | None = None
-    opensearch_password: str | None = field(default=None, repr=False)
-    aws_region: str | None = None
-    # OpenSearch index creation (ingest); the server reads what the index's mapping says.
-    opensearch_engine: str = "faiss"  # "faiss" | "lucene"
-    opensearch_m: int = 32
-    opensearch_ef_construction: int = 200
-    opensearch_ef_search: int = 128
-    opensearch_data_type: str = "float"  # "float" | "byte" (int8, quantised before upload)
-    opensearch_mode: str | None = None  # None | "in_memory" | "on_disk"
-    opensearch_compression: str | None = None  # e.g. "32x" with mode on_disk
-    opensearch_shards: int = 1
-    opensearch_replicas: int = 1
-    opensearch_timeout: int = 10  # seconds per request (bulk and force-merge get longer)
-    opensearch_force_merge: bool = False  # merge to one segment at the end of a load
-    preload_image_tower: bool = False
-    # What fits one invocation (above); a larger value only helps `url` queries, which fetch the image.
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_image_pixels: int = 40_000_000
-    # Browser origins the handler echoes in Access-Control-Allow-Origin; empty = no CORS headers.
-    cors_allow_origins: tuple[str, ...] = ()
-    # Front-end (streamlit_app.py): where POST /search lives, its optional API key (x-api-key),
-    # and how long to keep retrying while a cold Lambda warms up.
-    api_url: str = DEFAULT_API_URL
-    api_key: str | None = field(default=None, repr=False)
-    api_retry_budget: float = 90.0
+class Var:
+    """Where a field comes from: the variable (and older names read when it is unset) and its parser."""
 
-    @property
-    def model_source(self) -> str:
-        """What `from_pretrained` is given: a local checkpoint directory wins over a hub id."""
-        return self.model_path or self.model_id or DEFAULT_MODEL_ID
+    name: str
+    parse: Callable[[str], Any]
+    also: tuple[str, ...] = ()
+
+    def read(self, env: Mapping[str, str]) -> tuple[bool, Any]:
+        """(True, value) when the environment sets the variable; (False, None) when it is unset or blank."""
+        for name in (self.name, *self.also):
+            raw = env.get(name)
+            if raw is not None and raw.strip():
+                try:
+                    return True, self.parse(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{name} must be {exc}, got {raw!r}") from None
+        return False, None
+
+
+def env(name: str, default: Any = None, parse: Callable[[str], Any] = str, *, secret: bool = False,
+        also: tuple[str, ...] = ()) -> Any:
+    """A settings field read from the variable `name`: its default and parser, written once."""
+    return field(default=default, repr=not secret, metadata={"env": Var(name, parse, also)})
+
+
+S = TypeVar("S", bound="Section")
+
+
+class Section:
+    """A frozen dataclass of `env()` fields (or of other sections) that reads itself from the environment."""
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
-        env = dict(os.environ if env is None else env)
-        get = lambda name, default=None: env.get(name) or default  # noqa: E731
-        threads = _int(env, "TORCH_THREADS", 0) or None
-        return cls(
-            model_id=get("MODEL_ID"),
-            model_path=get("MODEL_PATH"),
-            encoder=get("ENCODER", "torch").lower(),
-            onnx_path=get("ONNX_PATH"),
-            onnx_text_int8=_bool(env, "ONNX_TEXT_INT8", False),
-            threads=threads,
-            backend=get("BACKEND", "faiss").lower(),
-            index_path=get("INDEX_PATH", "data/index"),
-            index_s3_uri=get("INDEX_S3_URI"),
-            hnsw_threshold=_int(env, "HNSW_THRESHOLD", 50_000),
-            index_memory=get("INDEX_MEMORY", "float16").lower(),
-            opensearch_url=get("OPENSEARCH_URL"),
-            opensearch_index=get("OPENSEARCH_INDEX", "clipsearch"),
-            opensearch_auth=get("OPENSEARCH_AUTH", "none").lower(),
-            opensearch_service=get("OPENSEARCH_SERVICE", "es").lower(),
-            opensearch_user=get("OPENSEARCH_USER"),
-            opensearch_password=get("OPENSEARCH_PASSWORD"),
-            aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
-            opensearch_engine=get("OPENSEARCH_ENGINE", "faiss").lower(),
-            opensearch_m=_int(env, "OPENSEARCH_M", 32),
-            opensearch_ef_construction=_int(env, "OPENSEARCH_EF_CONSTRUCTION", 200),
-            opensearch_ef_search=_int(env, "OPENSEARCH_EF_SEARCH", 128),
-            opensearch_data_type=get("OPENSEARCH_DATA_TYPE", "float").lower(),
-            opensearch_mode=(get("OPENSEARCH_MODE") or "").lower() or None,
-            opensearch_compression=(get("OPENSEARCH_COMPRESSION") or "").lower() or None,
-            opensearch_shards=_int(env, "OPENSEARCH_SHARDS", 1),
-            opensearch_replicas=_int(env, "OPENSEARCH_REPLICAS", 1),
-            opensearch_timeout=_int(env, "OPENSEARCH_TIMEOUT", 10),
-            opensearch_force_merge=_bool(env, "OPENSEARCH_FORCE_MERGE", False),
-            preload_image_tower=_bool(env, "PRELOAD_IMAGE_TOWER", False),
-            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
-            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000),
-            cors_allow_origins=tuple(o.strip() for o in env.get("CORS_ALLOW_ORIGINS", "").split(",") if o.strip()),
-            api_url=get("CLIPSEARCH_API_URL", DEFAULT_API_URL).strip(),
-            api_key=get("CLIPSEARCH_API_KEY"),
-            api_retry_budget=_float(env, "CLIPSEARCH_RETRY_BUDGET", 90.0),
-        )
+    def from_env(cls: type[S], env: Mapping[str, str] | None = None) -> S:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            nested = f.metadata.get("section")
+            if nested is not None:
+                values[f.name] = nested.from_env(env)
+                continue
+            found, value = f.metadata["env"].read(env)
+            if found:
+                values[f.name] = value
+        return cls(**values)
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """Every variable this section reads (nested sections included), in field order."""
+        names: list[str] = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            nested = f.metadata.get("section")
+            names += nested.variables() if nested is not None else [f.metadata["env"].name]
+        return names
+
+
+def section(cls: type[Section]) -> Any:
+    """A field holding a whole section, read with it."""
+    return field(default_factory=cls, metadata={"section": cls})
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    """Which model, and how it is run: for `clipsearch.models.load_encoder`."""
+
+    id: str | None = env("MODEL_ID")  # None: DEFAULT_MODEL_ID, or what MODEL_PATH's card says it is
+    path: str | None = env("MODEL_PATH")
+    encoder: str = env("ENCODER", "torch", lower)  # "torch" | "onnx"
+    onnx_path: str | None = env("ONNX_PATH")
+    onnx_text_int8: bool = env("ONNX_TEXT_INT8", False, boolean)  # the int8 text tower (export with --int8-text)
+    threads: int | None = env("TORCH_THREADS", None, count_or_none)  # None: the consumer chooses
+    preload_image_tower: bool = env("PRELOAD_IMAGE_TOWER", False, boolean)
+
+    @property
+    def source(self) -> str:
+        """What `from_pretrained` is given: a local checkpoint directory wins over a hub id."""
+        return self.path or self.id or DEFAULT_MODEL_ID
+
+
+@dataclass(frozen=True)
+class IndexSettings(Section):
+    """Which k-NN backend, and the embedded index's location and parameters: for `open_index`."""
+
+    backend: str = env("BACKEND", "faiss", lower)  # "faiss" | "opensearch"
+    path: str = env("INDEX_PATH", "data/index")
+    # s3://bucket/prefix: the deployed function copies the embedded index from here to `path`.
+    s3_uri: str | None = env("INDEX_S3_URI")
+    hnsw_threshold: int = env("HNSW_THRESHOLD", 50_000, integer)
+    # How the query service holds the embedded index's vectors: float16 halves the memory with
+    # the same results (clipsearch.index.half); ingest always writes float32.
+    memory: str = env("INDEX_MEMORY", "float16", lower)  # "float16" | "float32"
+
+
+@dataclass(frozen=True)
+class OpenSearchSettings(Section):
+    """The OpenSearch backend: endpoint and auth (the client), alias, and how ingest creates an index.
+    The server reads an existing index's parameters from its mapping."""
+
+    url: str | None = env("OPENSEARCH_URL")
+    index: str = env("OPENSEARCH_INDEX", "clipsearch")  # the alias clients name
+    auth: str = env("OPENSEARCH_AUTH", "none", lower)  # "none" | "basic" | "sigv4"
+    service: str = env("OPENSEARCH_SERVICE", "es", lower)  # "es" | "aoss" (SigV4 service name)
+    user: str | None = env("OPENSEARCH_USER")
+    password: str | None = env("OPENSEARCH_PASSWORD", secret=True)
+    region: str | None = env("AWS_REGION", also=("AWS_DEFAULT_REGION",))
+    engine: str = env("OPENSEARCH_ENGINE", "faiss", lower)  # "faiss" | "lucene"
+    m: int = env("OPENSEARCH_M", 32, integer)
+    ef_construction: int = env("OPENSEARCH_EF_CONSTRUCTION", 200, integer)
+    ef_search: int = env("OPENSEARCH_EF_SEARCH", 128, integer)
+    data_type: str = env("OPENSEARCH_DATA_TYPE", "float", lower)  # "float" | "byte" (int8, quantised before upload)
+    mode: str | None = env("OPENSEARCH_MODE", None, lower)  # None | "in_memory" | "on_disk"
+    compression: str | None = env("OPENSEARCH_COMPRESSION", None, lower)  # e.g. "32x" with mode on_disk
+    shards: int = env("OPENSEARCH_SHARDS", 1, integer)
+    replicas: int = env("OPENSEARCH_REPLICAS", 1, integer)
+    timeout: int = env("OPENSEARCH_TIMEOUT", 10, integer)  # seconds per request (bulk and force-merge get longer)
+    force_merge: bool = env("OPENSEARCH_FORCE_MERGE", False, boolean)  # one segment at the end of a load
+
+
+@dataclass(frozen=True)
+class LimitSettings(Section):
+    """The largest image accepted, by the query service, ingest and the evaluation."""
+
+    # What fits one invocation (above); a larger value only helps `url` queries, which fetch the image.
+    max_image_bytes: int = env("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, integer)
+    max_image_pixels: int = env("MAX_IMAGE_PIXELS", 40_000_000, integer)
+
+
+@dataclass(frozen=True)
+class ServerSettings(Section):
+    """The query function's HTTP behaviour."""
+
+    # Browser origins the handler echoes in Access-Control-Allow-Origin; empty = no CORS headers.
+    cors_allow_origins: tuple[str, ...] = env("CORS_ALLOW_ORIGINS", (), comma_list)
+
+
+@dataclass(frozen=True)
+class Settings(Section):
+    """Every section of the core, read together (the server, ingest, the evaluation)."""
+
+    model: ModelSettings = section(ModelSettings)
+    index: IndexSettings = section(IndexSettings)
+    opensearch: OpenSearchSettings = section(OpenSearchSettings)
+    limits: LimitSettings = section(LimitSettings)
+    server: ServerSettings = section(ServerSettings)

@@ -91,7 +91,8 @@ def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
         source = FolderSource(folder, follow_links=True)
         summary = ingest.run(source, settings, ingest.IngestOptions(cache_dir=cache_dir))
     except (ClipsearchError, OSError) as exc:  # what `python -m ingest` reports and exits 1 for
-        raise IngestFailed(f"ingest stopped with exit code 1: {display_text(str(exc))}; nothing was evaluated") from None
+        message = display_text(str(exc))
+        raise IngestFailed(f"ingest stopped with exit code 1: {message}; nothing was evaluated") from None
     print(summary.render())
     return {"argv": equivalent_command(folder, settings, cache_dir), "exit_code": 0,
             "seconds": round(time.perf_counter() - t0, 3), "summary": summary.to_dict()}
@@ -100,10 +101,11 @@ def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
 def equivalent_command(folder: Path, settings, cache_dir: Path) -> list[str]:
     """The `python -m ingest` command that does what `ingest_folder` did, for the report: the
     OpenSearch index name goes in the environment, where the command line takes it from."""
-    env = [] if settings.backend == "faiss" else [f"OPENSEARCH_INDEX={settings.opensearch_index}"]
-    index = ["--index", str(settings.index_path)] if settings.backend == "faiss" else []
-    return [*env, "python", "-m", "ingest", "folder", str(folder), "--follow-links", "--backend", settings.backend,
-            "--cache-dir", str(cache_dir), *index]
+    embedded = settings.index.backend == "faiss"
+    env = [] if embedded else [f"OPENSEARCH_INDEX={settings.opensearch.index}"]
+    index = ["--index", str(settings.index.path)] if embedded else []
+    return [*env, "python", "-m", "ingest", "folder", str(folder), "--follow-links", "--backend",
+            settings.index.backend, "--cache-dir", str(cache_dir), *index]
 
 
 def map_collection(hashes: dict[str, str], index_ids: Sequence[str], ingest: dict | None = None) -> Collection:

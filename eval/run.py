@@ -158,28 +158,27 @@ def _settings(args, tmp: Path) -> Settings:
     """The environment's settings with the options applied. `--index` names the embedded index
     directory, or for OpenSearch the index (alias) to fill and search."""
     settings = Settings.from_env()
-    changes: dict = {}
+    index, opensearch = settings.index, settings.opensearch
     if args.backend:
-        changes["backend"] = args.backend
+        index = dataclasses.replace(index, backend=args.backend)
     if args.hnsw_threshold:
-        changes["hnsw_threshold"] = args.hnsw_threshold
-    backend = changes.get("backend", settings.backend)
-    if backend == "opensearch":
+        index = dataclasses.replace(index, hnsw_threshold=args.hnsw_threshold)
+    if index.backend == "opensearch":
         if args.index:
-            changes["opensearch_index"] = args.index
+            opensearch = dataclasses.replace(opensearch, index=args.index)
         elif not args.skip_ingest:
             # Ingesting into OPENSEARCH_INDEX would add the dataset to the collection users search.
             raise DatasetError("with --backend opensearch, name an index of its own for the evaluation with "
                                "--index NAME (or pass --skip-ingest to evaluate OPENSEARCH_INDEX as it is)")
     else:
-        changes["index_path"] = args.index or str(tmp / "index")
-    return dataclasses.replace(settings, **changes)
+        index = dataclasses.replace(index, path=args.index or str(tmp / "index"))
+    return dataclasses.replace(settings, index=index, opensearch=opensearch)
 
 
 def _where(settings: Settings) -> str:
-    if settings.backend == "opensearch":
-        return f"OpenSearch index {settings.opensearch_index!r}"
-    return f"the index at {settings.index_path}"
+    if settings.index.backend == "opensearch":
+        return f"OpenSearch index {settings.opensearch.index!r}"
+    return f"the index at {settings.index.path}"
 
 
 def run(args, tmp: Path) -> dict:
@@ -207,8 +206,8 @@ def run(args, tmp: Path) -> dict:
         staged = stage([i for i in ds.images if i.key in hashes], tmp / "staged")
         ingest = ingest_folder(staged, settings, Path(args.cache_dir) if args.cache_dir else tmp / "ingest-cache")
 
-    encoder = load_encoder(settings, load=("text",))
-    index = open_index(settings)
+    encoder = load_encoder(settings.model, load=("text",))
+    index = open_index(settings.index, settings.opensearch)
     check_model(index, encoder.model_id, encoder.dim)
     coll = map_collection(hashes, index.ids(), ingest)
     if not coll.doc_of:
@@ -227,7 +226,7 @@ def run(args, tmp: Path) -> dict:
     else:
         metrics, counts = evaluate_zeroshot(ds, coll, index, encoder, ks=args.k, ties=args.ties,
                                             prompt=args.prompt, vs_exact=args.vs_exact, timer=timer)
-    self_metrics, self_queries = self_check(ds.images, coll, index, encoder, settings, n=args.self_check,
+    self_metrics, self_queries = self_check(ds.images, coll, index, encoder, settings.limits, n=args.self_check,
                                             ks=args.k, ties=args.ties, timer=timer)
     if self_metrics:
         metrics["image_to_image_self"] = self_metrics
@@ -240,7 +239,7 @@ def run(args, tmp: Path) -> dict:
     if args.task == "retrieval" and ds.layout == "xm3600-jsonl":
         dataset["languages"] = list(args.language)
     return build_report(task=args.task, dataset=dataset, index_info=index.info(), model_id=encoder.model_id,
-                        family=encoder.family, encoder=settings.encoder, counts=counts, metrics=metrics, ties=args.ties, ks=args.k,
+                        family=encoder.family, encoder=settings.model.encoder, counts=counts, metrics=metrics, ties=args.ties, ks=args.k,
                         timings=timer.seconds, ingest=ingest)
 
 

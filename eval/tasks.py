@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from clipsearch.config import LimitSettings
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import read_image_file
 from clipsearch.index.faiss_index import FaissIndex
@@ -200,7 +201,7 @@ def evaluate_zeroshot(ds: LabelledDataset, coll: Collection, index, encoder, *, 
 
 
 # -- image->image self-check ----------------------------------------------------------------
-def self_check(items: Sequence[ImageItem], coll: Collection, index, encoder, settings, *, n: int,
+def self_check(items: Sequence[ImageItem], coll: Collection, index, encoder, limits: LimitSettings, *, n: int,
                ks: Sequence[int], ties: str, timer: Timer | None = None) -> tuple[dict[str, float], int]:
     """Re-encode up to `n` dataset images from their files and search with them: each should
     find its own document first. R@1 below 1.0 on an exact index means hits are mapped back to
@@ -216,8 +217,8 @@ def self_check(items: Sequence[ImageItem], coll: Collection, index, encoder, set
     images, keys = [], []
     for item in sample:
         try:
-            images.append(read_image_file(item.path, max_bytes=settings.max_image_bytes,
-                                          max_pixels=settings.max_image_pixels))
+            images.append(read_image_file(item.path, max_bytes=limits.max_image_bytes,
+                                          max_pixels=limits.max_image_pixels))
             keys.append(item.key)
         except (ClipsearchError, OSError):
             continue  # unreadable now (changed or removed since ingest): not a retrieval result

@@ -1,4 +1,4 @@
-"""The search API client, with the retry policy that rides out Lambda cold starts.
+"""The search API client, with the retry budget that rides out Lambda cold starts.
 
 What is retried, and why:
 - 504: API Gateway gives up on a Lambda after 29 s, which a cold start (model load) can exceed;
@@ -29,11 +29,13 @@ import requests
 from clipsearch.errors import ClipsearchError
 
 RETRY_STATUSES = frozenset({429, 503, 504})
-INPUT_TYPES = ("text", "image", "url", "id")
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryBudget:
+    """How long a search keeps being retried while a cold Lambda warms up: bounded by time, not by
+    a count of attempts (ingest's downloads have DownloadRetries, a count, instead)."""
+
     budget_s: float = 90.0
     base_delay_s: float = 1.0
     max_delay_s: float = 10.0
@@ -97,10 +99,10 @@ class ApiError(SearchFailed):
         super().__init__(f"The search API {what}: {message}{hint}")
 
 
-class ServiceUnavailable(SearchFailed):
+class ApiUnavailable(SearchFailed):
     """Still 504/503/429 when the retry budget ran out."""
 
-    code = "service_unavailable"
+    code = "api_unavailable"
 
     def __init__(self, status: int, message: str, attempts: int, elapsed_s: float, why: str):
         self.status, self.message, self.attempts, self.elapsed_s = status, message, attempts, elapsed_s
@@ -173,7 +175,7 @@ class SearchClient:
         url: str,
         api_key: str | None = None,
         *,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryBudget = RetryBudget(),
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -210,7 +212,7 @@ class SearchClient:
             if elapsed + delay >= self.policy.budget_s:
                 why = (f"it asked to wait {retry_after:.0f} s more" if retry_after is not None
                        else f"the {self.policy.budget_s:.0f} s retry budget is spent")
-                raise ServiceUnavailable(resp.status_code, message, attempt, elapsed, why)
+                raise ApiUnavailable(resp.status_code, message, attempt, elapsed, why)
             self._wait(attempt + 1, delay, f"HTTP {resp.status_code}", on_wait)
 
     def _post(self, payload: dict[str, Any]) -> requests.Response:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.images import read_image_file
+from frontend.config import FrontendSettings
 from frontend.render import safe_link
 
 THUMB_SIDE = 600
@@ -77,7 +78,7 @@ def local_file(path: str, photo_dirs: Sequence[str] | None = None) -> str | None
     if os.path.isabs(path):
         return path if os.path.isfile(path) else None
     if photo_dirs is None:
-        photo_dirs = [d for d in os.environ.get("CLIPSEARCH_PHOTO_DIRS", "").split(os.pathsep) if d]
+        photo_dirs = FrontendSettings.from_env().photo_dirs
     for folder in photo_dirs:
         root = os.path.realpath(folder)
         candidate = os.path.realpath(os.path.join(root, path))

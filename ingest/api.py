@@ -131,27 +131,28 @@ def _runner_options(options: IngestOptions, max_pixels: int, device: str) -> Run
 
 
 class _Target:
-    """The model and the index the settings name: the only code in ingest that reads them."""
+    """The model and the index the settings name: the only code in ingest that reads them (their
+    model, index, opensearch and limits sections)."""
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-        embedded = settings.backend == "faiss"
-        self.index_path: str | None = settings.index_path if embedded else None  # what the writer lock guards
-        self.max_pixels: int = settings.max_image_pixels
+        self.model, self.index_settings, self.opensearch = settings.model, settings.index, settings.opensearch
+        embedded = settings.index.backend == "faiss"
+        self.index_path: str | None = settings.index.path if embedded else None  # what the writer lock guards
+        self.max_pixels: int = settings.limits.max_image_pixels
         # Names the index, so a source's state for one index is never used for another.
-        self.location = (f"faiss:{Path(settings.index_path).resolve()}" if embedded
-                         else f"opensearch:{settings.opensearch_url}/{settings.opensearch_index}")
+        self.location = (f"faiss:{Path(settings.index.path).resolve()}" if embedded
+                         else f"opensearch:{settings.opensearch.url}/{settings.opensearch.index}")
 
     def encoder(self, device: str, precision: str) -> TorchEncoder:
         from clipsearch.models.torch_encoder import TorchEncoder
 
-        s = self.settings
-        explicit = s.model_id if s.model_path else None
+        model = self.model
+        explicit = model.id if model.path else None
         # No tower loaded yet: a run that finds everything indexed or cached never loads the model.
-        return TorchEncoder(s.model_source, model_id=explicit, threads=s.threads,
+        return TorchEncoder(model.source, model_id=explicit, threads=model.threads,
                             device=None if device == "auto" else device, cpu_bf16=precision == "bf16", load=())
 
     def index(self, encoder: TorchEncoder) -> VectorIndex:
         from clipsearch.index import open_index
 
-        return open_index(self.settings, model_id=encoder.model_id, dim=encoder.dim)
+        return open_index(self.index_settings, self.opensearch, model_id=encoder.model_id, dim=encoder.dim)

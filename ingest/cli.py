@@ -24,7 +24,7 @@ from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.schema import display_text
 from ingest.api import DEFAULT_MAX_BYTES, IngestOptions, run
-from ingest.download import RetryPolicy
+from ingest.download import DownloadRetries
 from ingest.progress import Summary
 
 if TYPE_CHECKING:
@@ -141,14 +141,14 @@ class _FullHelp(argparse.Action):
 
 def _settings(args, settings: Settings | None) -> Settings:
     settings = settings or Settings.from_env()
-    changes = {}
+    index, model = settings.index, settings.model
     if args.index:
-        changes["index_path"] = args.index
+        index = dataclasses.replace(index, path=args.index)
     if args.backend:
-        changes["backend"] = args.backend
+        index = dataclasses.replace(index, backend=args.backend)
     if args.threads:
-        changes["threads"] = args.threads
-    return dataclasses.replace(settings, **changes)
+        model = dataclasses.replace(model, threads=args.threads)
+    return dataclasses.replace(settings, index=index, model=model)
 
 
 def _options(args) -> IngestOptions:
@@ -169,7 +169,7 @@ def _source(args) -> Source:
 
     return UnsplashSource(UnsplashOptions(
         dataset_url=args.dataset_url, data_dir=Path(args.data_dir), width=args.width, workers=args.workers,
-        limit=args.limit, policy=RetryPolicy(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
+        limit=args.limit, policy=DownloadRetries(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
         max_image_bytes=args.max_bytes,
     ))
 

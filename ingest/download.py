@@ -35,7 +35,9 @@ class _Retry(Exception):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class DownloadRetries:
+    """How often a download is retried: a count of retries with exponential backoff and jitter."""
+
     retries: int = 4  # attempts after the first
     backoff: float = 0.5  # seconds before the first retry; doubles each time, plus jitter
     max_wait: float = 30.0
@@ -49,7 +51,7 @@ class RetryPolicy:
 class Downloader:
     """Thread-safe: one requests.Session per thread (a Session is not safe to share)."""
 
-    def __init__(self, policy: RetryPolicy = RetryPolicy()):
+    def __init__(self, policy: DownloadRetries = DownloadRetries()):
         self.policy = policy
         self._local = threading.local()
 
@@ -61,7 +63,7 @@ class Downloader:
             self._local.session = session
         return session
 
-    def fetch(
+    def download(
         self,
         url: str,
         dest: Path,

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from clipsearch.config import Settings
+from clipsearch.config import OpenSearchSettings
 from clipsearch.errors import ClipsearchError
 
 
@@ -30,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+def main(argv: list[str] | None = None, settings: OpenSearchSettings | None = None) -> int:
     """The subcommand; returns the exit code (0 done, 1 refused or failed, 2 bad usage)."""
     args = build_parser().parse_args(argv)
-    settings = settings or Settings.from_env()
+    settings = settings or OpenSearchSettings.from_env()
     try:
         return _run(args, settings)
     except (ClipsearchError, ValueError) as exc:
@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         return 1
 
 
-def _run(args, settings: Settings) -> int:
+def _run(args, settings: OpenSearchSettings) -> int:
     from clipsearch.index import opensearch_alias as generations
     from clipsearch.index.opensearch_client import get_client
     from clipsearch.index.opensearch_errors import translate_errors
 
     client = get_client(settings)
-    alias, url = settings.opensearch_index, settings.opensearch_url or ""
+    alias, url = settings.index, settings.url or ""
 
     def guard(what: str):
         return translate_errors(what, alias, url)

@@ -9,11 +9,9 @@ local server started before the index existed recovers once ingest has run.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -23,23 +21,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clipsearch.config import Settings
-from clipsearch.errors import ClipsearchError, ImageTooLarge, InvalidInput, ModelMismatch
-from clipsearch.index.filters import show
+from clipsearch.errors import ClipsearchError, IndexMissing, ModelMismatch
 from server.errors import HttpError, ServiceUnavailable, to_http
-from server.events import HttpRequest, cors_headers, parse_event, parse_json, proxy_response, utf8_json
+from server.events import HttpRequest, cors_headers, parse_event, proxy_response, utf8_json
 from server.fetch import SafeFetcher
-from server.models import parse_request
+from server.request import read_query
+from server.result import SearchResult
 from server.service import SearchService
 
 RETRY_INIT_S = 10.0
 TORCH_QUERY_THREADS = 1  # TORCH_THREADS unset, torch encoder: see query_threads
 MAX_QUERY_THREADS = 4  # a 10-token query gains nothing measurable past this
 LAMBDA_MB_PER_VCPU = 1769  # "at 1,769 MB, a function has the equivalent of one vCPU" (Lambda docs)
-RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
-RAW_IMAGE_OPTIONS = ("k", "min_score")
-# RFC 8259's number grammar, ASCII digits only (\d would also match other scripts' digits).
-_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-JSON_OVERHEAD_BYTES = 64 * 1024
 
 log = logging.getLogger("clipsearch.server")
 
@@ -93,21 +86,6 @@ def log_json(level: int, **fields: Any) -> None:
     log.log(level, utf8_json(fields, separators=(", ", ": ")))
 
 
-def json_number(name: str, raw: str) -> int | float:
-    """A query-string value read as the JSON number it spells, or InvalidInput."""
-    if _JSON_NUMBER.fullmatch(raw):
-        try:
-            return parse_json(raw)
-        except InvalidInput:  # an integer of more than 4,300 digits
-            pass
-    raise InvalidInput(f"query-string parameter {name}={show(raw)} is not a number as JSON writes one "
-                       f"(ASCII digits, no spaces, underscores or leading zeros), e.g. {name}=5")
-
-
-def _names(query: dict[str, str]) -> str:
-    return ", ".join(sorted(show(n, 30) for n in query)[:5]) + (f" and {len(query) - 5} more" if len(query) > 5 else "")
-
-
 class App:
     def __init__(self, settings: Settings | None, *, encoder=None, index=None, fetcher: SafeFetcher | None = None,
                  retry_init_s: float = RETRY_INIT_S, settings_error: Exception | None = None):
@@ -157,14 +135,15 @@ class App:
         if self._settings_error is not None:
             raise ServiceUnavailable("bad_configuration", f"the function's settings are invalid: {self._settings_error}")
         s = self.settings
-        if s.threads is None:
-            s = self.settings = dataclasses.replace(s, threads=query_threads(s.encoder))
+        if s.model.threads is None:
+            model = dataclasses.replace(s.model, threads=query_threads(s.model.encoder))
+            s = self.settings = dataclasses.replace(s, model=model)
         # The index (an S3 copy, file reads, JSON parsing) loads in a thread while the encoder's
         # imports (torch, transformers: seconds of mostly CPU) run here: a shorter cold start.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="init-index") as pool:
             index = pool.submit(self._open_index, s) if self._index is None else None
             if self._encoder is None:
-                self._encoder = load_encoder(s, load=("text", "vision") if s.preload_image_tower else ("text",))
+                self._encoder = load_encoder(s.model, load=("text", "vision") if s.model.preload_image_tower else ("text",))
             if index is not None:
                 self._index = index.result()
         try:
@@ -172,18 +151,23 @@ class App:
         except ModelMismatch:
             self._index = None  # re-open on the next attempt: ingest may have rebuilt it
             raise
-        fetcher = self._fetcher or SafeFetcher(max_bytes=s.max_image_bytes)
-        return SearchService(self._encoder, self._index, s, fetcher)
+        fetcher = self._fetcher or SafeFetcher(max_bytes=s.limits.max_image_bytes)
+        return SearchService(self._encoder, self._index, s.limits, fetcher, threads=s.model.threads)
 
     @staticmethod
     def _open_index(s: Settings):
         from clipsearch.index import open_index
 
-        if s.backend == "faiss" and s.index_s3_uri:
-            from server.s3sync import sync_index
+        if s.index.backend == "faiss" and s.index.s3_uri:
+            from server.s3sync import discard, sync_index
 
-            sync_index(s.index_s3_uri, s.index_path)
-        return open_index(s)
+            sync_index(s.index.s3_uri, s.index.path)
+            try:
+                return open_index(s.index, s.opensearch)
+            except IndexMissing:  # IndexCorrupt included: the copy is damaged or inconsistent
+                discard(s.index.path)  # the next attempt downloads it again rather than 503 for ever
+                raise
+        return open_index(s.index, s.opensearch)
 
     def _ready_service(self) -> SearchService:
         if self.service is None:
@@ -211,17 +195,19 @@ class App:
                 line["traceback"] = traceback.format_exc()
             elif status >= 500:
                 line["message"] = str(exc)
-        allowed = self.settings.cors_allow_origins
+        allowed = self.settings.server.cors_allow_origins
         if request is not None:
             headers = {**cors_headers(request.origin, allowed, preflight=request.method == "OPTIONS"), **headers}
         total_ms = (time.perf_counter() - t0) * 1000
-        if isinstance(body, dict) and isinstance(body.get("took_ms"), dict):
-            body["took_ms"]["total"] = round(total_ms, 3)  # parse and validation included
+        if isinstance(body, SearchResult):
+            body = body.body(total_ms)  # parse and validation included in the total
+            line.update(count=body["count"], took_ms=body["took_ms"], cached=body["cached"])
         line.update(status=status, ms=round(total_ms, 3))
         log_json(logging.ERROR if status >= 500 else logging.INFO, **line)
         return proxy_response(status, body, headers)
 
-    def _route(self, request: HttpRequest, line: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    def _route(self, request: HttpRequest, line: dict[str, Any]) -> tuple[int, SearchResult | dict | None,
+                                                                            dict[str, str]]:
         if request.method == "OPTIONS":
             return 204, None, {}
         if request.method in ("GET", "HEAD") and request.path.rstrip("/").endswith("/health"):
@@ -229,41 +215,8 @@ class App:
         if request.method != "POST":
             raise HttpError(405, "method_not_allowed", f"{request.method} is not supported: POST a JSON search request",
                             {"Allow": "POST, OPTIONS"})
-        query = parse_request(self._request_data(request))
+        query = read_query(request, self.settings.limits)
         line.update(input_type=query.input_type, k=query.k, filtered=bool(query.filters))
         if query.input_type == "text":
             line["chars"] = len(query.query)
-        body = self._ready_service().search(query)
-        line.update(count=body["count"], took_ms=body["took_ms"], cached=body["cached"])
-        return 200, body, {}
-
-    def _request_data(self, request: HttpRequest) -> Any:
-        max_bytes = self.settings.max_image_bytes * 4 // 3 + JSON_OVERHEAD_BYTES
-        if request.source != "direct" and request.content_type in RAW_IMAGE_TYPES:
-            return self._raw_image_query(request)
-        if request.query:
-            # Refused rather than ignored, as unknown body fields are: `?k=5` on a JSON search
-            # would otherwise silently give the default 10 results.
-            raise InvalidInput(f"unknown query-string parameter(s) {_names(request.query)}: a JSON search takes every "
-                               "option in its body (k, filters, min_score); only a raw image POST reads k and "
-                               "min_score from the query string")
-        return request.json_body(max_bytes)
-
-    def _raw_image_query(self, request: HttpRequest) -> dict[str, Any]:
-        """An image POSTed as the body itself (API Gateway's binary media types), options in the query string.
-
-        The options become the same JSON values a body would carry and go through the same strict
-        models: `k=1_0` or `k=%2010` are refused (Python's int() would take both as 10)."""
-        if not request.body:
-            raise InvalidInput("the image body is empty")
-        if len(request.body) > self.settings.max_image_bytes:
-            raise ImageTooLarge("bytes", len(request.body), self.settings.max_image_bytes)
-        unknown = {name: v for name, v in request.query.items() if name not in RAW_IMAGE_OPTIONS}
-        if unknown:
-            raise InvalidInput(f"unknown query-string parameter(s) {_names(unknown)}: a raw image POST takes only "
-                               f"{' and '.join(RAW_IMAGE_OPTIONS)}")
-        data: dict[str, Any] = {"query": base64.b64encode(request.body).decode("ascii"), "input_type": "image"}
-        for name in RAW_IMAGE_OPTIONS:
-            if name in request.query:
-                data[name] = json_number(name, request.query[name])
-        return data
+        return 200, self._ready_service().search(query), {}

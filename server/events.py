@@ -22,10 +22,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipsearch.errors import InvalidInput, TooLarge
+from clipsearch.errors import InvalidInput
 from server.errors import HttpError
 
-_NO_PAYLOAD = object()
 PREFLIGHT_MAX_AGE_S = 600
 ALLOWED_HEADERS = "content-type, x-api-key"
 
@@ -38,7 +37,7 @@ class HttpRequest:
     headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
     query: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None  # proxy events: the raw body, base64 already undone
-    payload: Any = _NO_PAYLOAD  # direct invocation: the already-parsed event
+    payload: Any = None  # direct invocation: the already-parsed event (the search request itself)
 
     @property
     def origin(self) -> str | None:
@@ -47,29 +46,6 @@ class HttpRequest:
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
-
-    def json_body(self, max_bytes: int) -> Any:
-        """The request's JSON value; InvalidInput / TooLarge say what is wrong with it."""
-        if self.payload is not _NO_PAYLOAD:
-            return self.payload
-        if not self.body:
-            raise InvalidInput('the request body is empty: send JSON like {"query": "two dogs", "input_type": "text"}')
-        if len(self.body) > max_bytes:
-            raise TooLarge(f"the request body has {len(self.body):,} bytes, the limit is {max_bytes:,}")
-        return parse_json(self.body)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def parse_json(data: bytes | str) -> Any:
-    try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except RecursionError:
-        raise InvalidInput("the request body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidInput(f"the request body is not valid JSON ({exc})") from None
 
 
 def _str_map(value: Any, what: str, lower: bool = False) -> dict[str, str]:

@@ -10,10 +10,10 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from clipsearch.errors import InvalidInput
-from clipsearch.index.filters import parse_filters, show
+from clipsearch.index.filters import Filters, parse_filters, show
 from clipsearch.schema import FILTERABLE
 
 MAX_K = 100
@@ -24,29 +24,32 @@ MAX_ID_CHARS = 512
 INPUT_TYPES = ("text", "image", "url", "id")
 
 
+def _parsed_filters(value: Any) -> Filters | None:
+    """A request's `filters` object, parsed once into the conditions every backend takes as they are."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("Input should be a valid dictionary")
+    if not value:
+        return None
+    # repr, not str: a key may hold a lone surrogate, which pydantic cannot put in a message.
+    unknown = sorted(show(name, 40) for name in value if name not in FILTERABLE)
+    if unknown:
+        named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"cannot filter on {named}: filterable fields are {', '.join(sorted(FILTERABLE))}")
+    try:
+        return parse_filters(value)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 class _Query(BaseModel):
     # strict: "10" is not a k, 1 is not a boolean; extra fields are refused, not ignored.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
 
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K)
-    filters: dict[str, Any] | None = None
+    filters: Annotated[Filters | None, BeforeValidator(_parsed_filters)] = None
     min_score: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False)
-
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if not value:
-            return None
-        # repr, not str: a key may hold a lone surrogate, which pydantic cannot put in a message.
-        unknown = sorted(show(name, 40) for name in value if name not in FILTERABLE)
-        if unknown:
-            named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-            raise ValueError(f"cannot filter on {named}: filterable fields are {', '.join(sorted(FILTERABLE))}")
-        try:
-            parse_filters(value)
-        except InvalidInput as exc:
-            raise ValueError(str(exc)) from None
-        return value
 
 
 class TextQuery(_Query):
@@ -97,12 +100,12 @@ class IdQuery(_Query):
     query: str = Field(min_length=1, max_length=MAX_ID_CHARS)
 
 
-SearchRequest = Annotated[Union[TextQuery, ImageQuery, UrlQuery, IdQuery], Field(discriminator="input_type")]
-_ADAPTER: TypeAdapter = TypeAdapter(SearchRequest)
+Query = Union[TextQuery, ImageQuery, UrlQuery, IdQuery]
+_ADAPTER: TypeAdapter = TypeAdapter(Annotated[Query, Field(discriminator="input_type")])
 FIELDS = ("query", "input_type", "k", "filters", "min_score")
 
 
-def parse_request(data: Any) -> TextQuery | ImageQuery | UrlQuery | IdQuery:
+def parse_query(data: Any) -> Query:
     """Validate a JSON value into a query model, or raise InvalidInput saying what to fix."""
     if not isinstance(data, dict):
         raise InvalidInput(

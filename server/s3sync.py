@@ -2,20 +2,20 @@
 
 Reads `manifest.json` first and copies only the generation it names, so a prefix still holding
 an older generation (or files of one being uploaded) costs nothing, and the manifest is written
-last, so a copy cut short is never taken for a complete index. Credentials come only from the
-boto3 chain (the function's execution role).
+last, so a copy cut short is never taken for a complete index. A copy that synced but does not
+load (a damaged download) is discarded, so the next init attempt downloads it again. Credentials
+come only from the boto3 chain (the function's execution role).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path, PurePosixPath
 
 from clipsearch.errors import BackendUnavailable, IndexMissing
-
-MANIFEST = "manifest.json"
-GENERATION_FILES = ("vectors.npy", "ids.json", "metadata.jsonl")
+from clipsearch.index.faiss_files import GENERATION, GENERATION_FILES, INDEX_MANIFEST
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -40,10 +40,10 @@ def sync_index(uri: str, dest: str | Path, client=None) -> int:
 
         client = boto3.client("s3")
     try:
-        manifest_bytes = client.get_object(Bucket=bucket, Key=_key(prefix, MANIFEST))["Body"].read()
+        manifest_bytes = client.get_object(Bucket=bucket, Key=_key(prefix, INDEX_MANIFEST))["Body"].read()
         manifest = json.loads(manifest_bytes)
         generation = manifest["generation"]
-        local = dest / MANIFEST
+        local = dest / INDEX_MANIFEST
         if local.is_file() and json.loads(local.read_text()).get("generation") == generation and (dest / generation).is_dir():
             return 0  # already here (a re-initialised container with /tmp kept)
         keys = _list(client, bucket, _key(prefix, generation) + "/")
@@ -54,7 +54,7 @@ def sync_index(uri: str, dest: str | Path, client=None) -> int:
         targets = [(key, dest / _relative(key, prefix)) for key in keys]  # all checked before any is written
         for key, path in targets:
             _download(client, bucket, key, path)
-        _write_atomic(dest / MANIFEST, manifest_bytes)
+        _write_atomic(dest / INDEX_MANIFEST, manifest_bytes)
         return len(keys) + 1
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "?")
@@ -65,7 +65,22 @@ def sync_index(uri: str, dest: str | Path, client=None) -> int:
     except BotoCoreError as exc:
         raise BackendUnavailable(f"cannot read the index from {uri}: {exc}", retry_after=30) from None
     except (ValueError, KeyError, TypeError):
-        raise IndexMissing(f"{_key(prefix, MANIFEST)} in s3://{bucket} is not an index manifest") from None
+        raise IndexMissing(f"{_key(prefix, INDEX_MANIFEST)} in s3://{bucket} is not an index manifest") from None
+
+
+def discard(dest: str | Path) -> None:
+    """Forget the local copy at `dest` (it synced but does not load: a damaged download), so the
+    next sync fetches it again instead of keeping it. The manifest goes first: a copy half removed
+    is never taken for a complete one."""
+    dest = Path(dest)
+    try:
+        generation = json.loads((dest / INDEX_MANIFEST).read_bytes()).get("generation")
+    except (OSError, ValueError, AttributeError):
+        generation = None
+    (dest / INDEX_MANIFEST).unlink(missing_ok=True)
+    # Only a generation's own directory, whatever the manifest's text says.
+    if isinstance(generation, str) and GENERATION.fullmatch(generation):
+        shutil.rmtree(dest / generation, ignore_errors=True)
 
 
 def _list(client, bucket: str, prefix: str) -> list[str]:

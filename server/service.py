@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -17,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.config import Settings
+from clipsearch.config import LimitSettings
 from clipsearch.errors import ImageTooLarge, InvalidInput, NotFound
 from clipsearch.models import Encoder
 from clipsearch.images import decode_image
 from clipsearch.index import VectorIndex
 from server.fetch import SafeFetcher
-from server.models import IdQuery, ImageQuery, TextQuery, UrlQuery, suggestion
+from server.models import IdQuery, ImageQuery, Query, TextQuery, suggestion
+from server.result import SearchResult
 
 TEXT_CACHE_SIZE = 1024
 RANDOM_WEIGHTS_WARNING = ("This deployment's model has random weights (a stand-in used when no checkpoint was "
@@ -80,20 +80,15 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
                            "base64-encoded, a data: URL or an http(s) image URL" + hint) from None
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 class SearchService:
-    def __init__(self, encoder: Encoder, index: VectorIndex, settings: Settings, fetcher: SafeFetcher,
-                 cache_size: int = TEXT_CACHE_SIZE):
-        self.encoder, self.index, self.settings, self.fetcher = encoder, index, settings, fetcher
+    def __init__(self, encoder: Encoder, index: VectorIndex, limits: LimitSettings, fetcher: SafeFetcher,
+                 cache_size: int = TEXT_CACHE_SIZE, threads: int | None = None):
+        self.encoder, self.index, self.limits, self.fetcher = encoder, index, limits, fetcher
+        self.threads = threads  # the encoder's, for health
         self.text_cache = LruCache(cache_size)
 
-    def search(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> dict[str, Any]:
-        """The response body for a valid query; domain errors propagate to the one mapping."""
+    def search(self, q: Query) -> SearchResult:
+        """What a valid query finds; domain errors propagate to the one mapping."""
         t0 = time.perf_counter()
         vector, exclude, cached = self._vector(q)
         t1 = time.perf_counter()
@@ -102,26 +97,13 @@ class SearchService:
         hits = self.index.search(vector, q.k + 1 if exclude else q.k, q.filters, q.min_score)
         hits = [h for h in hits if h.id != exclude][: q.k]
         t2 = time.perf_counter()
-        results = [{"id": h.id, "score": round(h.score, 6),
-                    **{k: _json_safe(v) for k, v in h.metadata.items() if k not in ("id", "score")}} for h in hits]
-        body = {
-            "results": results,
-            "count": len(results),
-            "k": q.k,
-            "model": self.index.model_id,
-            # Scores are cosines for every family, but their scale is the family's (SigLIP's sit lower).
-            "family": self.encoder.family,
-            # A cached text vector was not encoded: encode is 0 and "cached" says why (the lookup's
-            # microseconds count in total).
-            "took_ms": {"encode": 0.0 if cached else round((t1 - t0) * 1000, 3), "search": round((t2 - t1) * 1000, 3),
-                        "total": round((t2 - t0) * 1000, 3)},
-            "cached": cached,
-        }
-        if getattr(self.encoder, "random_weights", False):
-            body["warning"] = RANDOM_WEIGHTS_WARNING
-        return body
+        warning = RANDOM_WEIGHTS_WARNING if getattr(self.encoder, "random_weights", False) else None
+        # A cached text vector was not encoded: encode is 0 and "cached" says why.
+        return SearchResult(hits, q.k, self.index.model_id, self.encoder.family,
+                            encode_ms=0.0 if cached else (t1 - t0) * 1000, search_ms=(t2 - t1) * 1000,
+                            cached=cached, warning=warning)
 
-    def _vector(self, q: TextQuery | ImageQuery | UrlQuery | IdQuery) -> tuple[np.ndarray, str | None, bool]:
+    def _vector(self, q: Query) -> tuple[np.ndarray, str | None, bool]:
         """The query vector, the id to leave out of the results ("more like this"), and whether
         the vector came from the text cache."""
         if isinstance(q, TextQuery):
@@ -136,7 +118,7 @@ class SearchService:
                     raise NotFound(f"{exc}{hint}") from None
                 raise
         if isinstance(q, ImageQuery) and not q.is_url:
-            data = decode_base64_image(q.query, self.settings.max_image_bytes)
+            data = decode_base64_image(q.query, self.limits.max_image_bytes)
         else:  # the same guarded fetch for a `url` query and an image URL
             data = self.fetcher.fetch(q.query)
         return self.image_vector(data), None, False
@@ -154,7 +136,7 @@ class SearchService:
         return vector, False
 
     def image_vector(self, data: bytes) -> np.ndarray:
-        image = decode_image(data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+        image = decode_image(data, max_bytes=self.limits.max_image_bytes, max_pixels=self.limits.max_image_pixels)
         return self.encoder.encode_images([image])[0]
 
     def health(self) -> dict[str, Any]:
@@ -162,5 +144,5 @@ class SearchService:
         return {"status": "ok", "model": self.index.model_id, "family": self.encoder.family,
                 "suggested_min_score": card.suggested_min_score, "dim": self.index.dim, "count": self.index.count(),
                 "backend": getattr(self.index, "backend", type(self.index).__name__),
-                "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.settings.threads,
+                "towers": list(getattr(self.encoder, "loaded_towers", ())), "threads": self.threads,
                 "text_cache": len(self.text_cache), "random_weights": bool(getattr(self.encoder, "random_weights", False))}

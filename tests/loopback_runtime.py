@@ -3,7 +3,7 @@
 The function fetches only public addresses (server/fetch.py) and there is no network here, so a
 URL query end to end under the emulator needs an image served from this machine: this wrapper
 widens the default policy by exactly the loopback address, in the runtime process only, and
-changes nothing else. `LocalStack(python=[sys.executable, LOOPBACK_RUNTIME])`.
+changes nothing else. `LocalLambda(python=[sys.executable, LOOPBACK_RUNTIME])`.
 """
 
 import ipaddress

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch.config import Settings
+from clipsearch.config import ModelSettings
 from clipsearch.models import load_encoder, resolve_model_id
 from clipsearch.models.torch_encoder import TorchEncoder
 from clipsearch.images import decode_image
@@ -129,12 +129,12 @@ def test_empty_batches(tiny_encoder):
 
 
 def test_load_encoder_from_settings(tiny_model_dir):
-    enc = load_encoder(Settings.from_env({"MODEL_PATH": str(tiny_model_dir)}))
+    enc = load_encoder(ModelSettings.from_env({"MODEL_PATH": str(tiny_model_dir)}))
     assert enc.model_id == "clipsearch/tiny-test"
-    enc = load_encoder(Settings.from_env({"MODEL_PATH": str(tiny_model_dir), "MODEL_ID": "org/name"}))
+    enc = load_encoder(ModelSettings.from_env({"MODEL_PATH": str(tiny_model_dir), "MODEL_ID": "org/name"}))
     assert enc.model_id == "org/name"
     with pytest.raises(ValueError, match="ENCODER"):
-        load_encoder(Settings.from_env({"MODEL_PATH": str(tiny_model_dir), "ENCODER": "tensorflow"}))
+        load_encoder(ModelSettings.from_env({"MODEL_PATH": str(tiny_model_dir), "ENCODER": "tensorflow"}))
 
 
 def test_extreme_aspect_ratio_images_encode_in_bounded_memory(tiny_model_dir):

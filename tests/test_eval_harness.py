@@ -259,7 +259,7 @@ def test_a_broken_ranking_gives_lower_recall(flickr, flickr_index, tmp_path, cap
     argv = ["retrieval", str(flickr / "dataset_flickr30k.json"), "--images", str(flickr / "flickr30k-images"),
             "--index", str(flickr_index), "--skip-ingest", "--ties", "order", "--vs-exact"]
     good, _ = run_eval(argv, tmp_path, capsys)
-    monkeypatch.setattr(clipsearch.index, "open_index", lambda settings: Reversed(real_open(settings)))
+    monkeypatch.setattr(clipsearch.index, "open_index", lambda *sections: Reversed(real_open(*sections)))
     bad, _ = run_eval(argv, tmp_path, capsys)
     assert good["metrics"]["image_to_image_self"]["R@1"] == 1.0
     assert bad["metrics"]["image_to_image_self"]["R@1"] == 0.0

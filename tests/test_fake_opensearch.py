@@ -7,6 +7,7 @@ import json
 import pytest
 import requests
 
+from clipsearch.config import OpenSearchSettings
 from clipsearch.index import opensearch_mapping as om
 
 DIM = 4
@@ -18,7 +19,7 @@ def call(fake, method, path, body=None, raw: bytes | None = None, ctype="applica
 
 
 def knn_index(fake, name="i", **over):
-    body = om.index_body(model_id="m", dim=DIM, replicas=0, **over)
+    body = om.index_body(OpenSearchSettings(replicas=0, **over), model_id="m", dim=DIM)
     r = call(fake, "PUT", f"/{name}", body)
     assert r.status_code == 200, r.text
     return body

@@ -300,9 +300,9 @@ def test_suggested_min_score_per_family(torch_encoders):
 
 NO_TORCH = """
 import json, sys
-from clipsearch.config import Settings
+from clipsearch.config import ModelSettings
 from clipsearch.models import load_encoder
-enc = load_encoder(Settings.from_env(), load=("text", "vision"))
+enc = load_encoder(ModelSettings.from_env(), load=("text", "vision"))
 from PIL import Image
 v = enc.encode_text(["二匹の犬", "كلب"]); w = enc.encode_images([Image.new("RGB", (40, 90), (200, 10, 10))])
 print(json.dumps({"family": enc.family, "shape": list(v.shape), "image": list(w.shape),

@@ -8,7 +8,7 @@ from email.utils import formatdate
 
 import pytest
 
-from frontend.client import (ApiError, RetryPolicy, SearchClient, SearchRequest, ServiceUnavailable,
+from frontend.client import (ApiError, RetryBudget, SearchClient, SearchRequest, ApiUnavailable,
                              Unreachable, parse_retry_after)
 from stub_http import GATEWAY_TIMEOUT, Reply, StubApi, free_port, ok_body
 
@@ -30,7 +30,7 @@ class FakeClock:
 
 
 def client_for(url: str, clock: FakeClock, **policy) -> SearchClient:
-    return SearchClient(url, policy=RetryPolicy(**policy), clock=clock, sleep=clock.sleep, rng=random.Random(1))
+    return SearchClient(url, policy=RetryBudget(**policy), clock=clock, sleep=clock.sleep, rng=random.Random(1))
 
 
 def test_gateway_timeouts_then_success_retries_exactly_twice():
@@ -74,7 +74,7 @@ def test_retry_after_is_honoured():
 def test_budget_stops_retrying_and_says_why():
     clock = FakeClock()
     with StubApi([Reply(504, GATEWAY_TIMEOUT)] * 50) as api:
-        with pytest.raises(ServiceUnavailable) as info:
+        with pytest.raises(ApiUnavailable) as info:
             client_for(api.search_url, clock, budget_s=20.0, base_delay_s=4.0, max_delay_s=8.0).search(SearchRequest("x"))
         attempts = len(api.searches)
     assert info.value.attempts == attempts == len(clock.sleeps) + 1 and attempts >= 2
@@ -85,7 +85,7 @@ def test_budget_stops_retrying_and_says_why():
 def test_retry_after_beyond_budget_gives_up_at_once():
     clock = FakeClock()
     with StubApi([Reply(503, {"error": {"code": "backend_unavailable", "message": "down"}}, {"Retry-After": "120"})]) as api:
-        with pytest.raises(ServiceUnavailable, match="asked to wait 120 s"):
+        with pytest.raises(ApiUnavailable, match="asked to wait 120 s"):
             client_for(api.search_url, clock).search(SearchRequest("x"))
         assert len(api.searches) == 1 and clock.sleeps == []
 
@@ -156,7 +156,7 @@ def test_parse_retry_after():
 
 
 def test_backoff_is_full_jitter_capped():
-    policy, rng = RetryPolicy(base_delay_s=1.0, max_delay_s=10.0), random.Random(3)
+    policy, rng = RetryBudget(base_delay_s=1.0, max_delay_s=10.0), random.Random(3)
     for retry in range(1, 12):
         cap = min(10.0, 2 ** (retry - 1))
         delays = [policy.backoff(retry, rng) for _ in range(200)]
@@ -164,17 +164,17 @@ def test_backoff_is_full_jitter_capped():
 
 
 def test_front_end_settings():
-    from clipsearch.config import DEFAULT_API_URL, Settings
+    from frontend.config import DEFAULT_API_URL, FrontendSettings
 
-    s = Settings.from_env({})
+    s = FrontendSettings.from_env({})
     assert s.api_url == DEFAULT_API_URL == "http://localhost:8000/search" and s.api_key is None
-    assert s.api_retry_budget == 90.0
-    s = Settings.from_env({"CLIPSEARCH_API_URL": " https://x.test/prod/search ", "CLIPSEARCH_API_KEY": "k3y",
-                           "CLIPSEARCH_RETRY_BUDGET": "12.5"})
-    assert (s.api_url, s.api_key, s.api_retry_budget) == ("https://x.test/prod/search", "k3y", 12.5)
+    assert s.retry_budget_s == 90.0
+    s = FrontendSettings.from_env({"CLIPSEARCH_API_URL": " https://x.test/prod/search ", "CLIPSEARCH_API_KEY": "k3y",
+                                   "CLIPSEARCH_RETRY_BUDGET": "12.5"})
+    assert (s.api_url, s.api_key, s.retry_budget_s) == ("https://x.test/prod/search", "k3y", 12.5)
     assert "k3y" not in repr(s)
     with pytest.raises(ValueError, match="CLIPSEARCH_RETRY_BUDGET"):
-        Settings.from_env({"CLIPSEARCH_RETRY_BUDGET": "long"})
+        FrontendSettings.from_env({"CLIPSEARCH_RETRY_BUDGET": "long"})
 
 
 @pytest.mark.parametrize("status, words", [(400, "refused the request (HTTP 400)"), (500, "failed (HTTP 500)"),

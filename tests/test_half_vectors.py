@@ -199,12 +199,12 @@ def test_half_index_peaks_at_about_half_the_vector_memory(tmp_path):
 
 
 def test_server_settings_choose_how_the_vectors_are_held(saved):
-    from clipsearch.config import Settings
+    from clipsearch.config import IndexSettings
     from clipsearch.index import open_index
 
     path, _ = saved
-    assert open_index(Settings.from_env({"INDEX_PATH": str(path)})).info()["vectors_in_memory"] == "float16"
-    assert open_index(Settings.from_env({"INDEX_PATH": str(path), "INDEX_MEMORY": "FLOAT32"})).info()[
+    assert open_index(IndexSettings.from_env({"INDEX_PATH": str(path)})).info()["vectors_in_memory"] == "float16"
+    assert open_index(IndexSettings.from_env({"INDEX_PATH": str(path), "INDEX_MEMORY": "FLOAT32"})).info()[
         "vectors_in_memory"] == "float32"
     with pytest.raises(ValueError, match="INDEX_MEMORY must be 'float16' or 'float32', got 'int8'"):
-        open_index(Settings.from_env({"INDEX_PATH": str(path), "INDEX_MEMORY": "int8"}))
+        open_index(IndexSettings.from_env({"INDEX_PATH": str(path), "INDEX_MEMORY": "int8"}))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from server_support import build_index, reply
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.errors import IndexCorrupt, IndexMissing, InvalidInput
 from clipsearch.index import Document
 from clipsearch.index.faiss_index import FaissIndex
@@ -100,6 +100,16 @@ def test_an_index_saved_before_checksums_loads_with_a_warning(tmp_path, caplog):
         for index in load_both(tmp_path / "idx"):
             assert index.search(vecs[5], k=1)[0].id == "p5"
     assert "without checksums" in caplog.text and "any ingest into it" in caplog.text
+
+
+def test_an_index_saved_before_checksums_with_a_damaged_vectors_file_is_refused_naming_it(tmp_path):
+    saved(tmp_path / "idx")
+    rewrite(tmp_path / "idx", "vectors.npy", b"not a numpy file at all", checksums="drop")
+    for half in (False, True):
+        with pytest.raises(IndexMissing, match="vectors.npy|inconsistent"):
+            FaissIndex.load(tmp_path / "idx", half=half)
+    with pytest.raises(IndexCorrupt, match="vectors.npy is damaged: not a NumPy array file"):
+        FaissIndex.load(tmp_path / "idx", half=False)
 
 
 @pytest.mark.parametrize("manifest, problem", [
@@ -218,7 +228,8 @@ def test_the_server_answers_a_damaged_index_with_a_503_naming_the_file(tmp_path,
     data = bytearray(vectors.read_bytes())
     data[-5] ^= 0x40
     vectors.write_bytes(bytes(data))
-    settings = Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "idx"), threads=1)
+    settings = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                        index=IndexSettings(path=str(tmp_path / "idx")))
     status, headers, body = reply(App(settings, encoder=tiny_encoder).handle({"query": "x", "input_type": "text"}, None))
     assert status == 503 and body["error"]["code"] == "index_corrupt" and int(headers["Retry-After"]) > 0
     assert str(vectors) in body["error"]["message"] and "sha256" in body["error"]["message"]

@@ -516,9 +516,9 @@ def test_config_reads_the_deployment_settings():
     from clipsearch.config import Settings
 
     s = Settings.from_env({"INDEX_S3_URI": "s3://b/index", "CORS_ALLOW_ORIGINS": "https://a.example, http://localhost:8501,"})
-    assert s.index_s3_uri == "s3://b/index"
-    assert s.cors_allow_origins == ("https://a.example", "http://localhost:8501")
-    assert Settings.from_env({}).cors_allow_origins == () and Settings.from_env({}).index_s3_uri is None
+    assert s.index.s3_uri == "s3://b/index"
+    assert s.server.cors_allow_origins == ("https://a.example", "http://localhost:8501")
+    assert Settings.from_env({}).server.cors_allow_origins == () and Settings.from_env({}).index.s3_uri is None
 
 
 def test_cors_origins_configured_never_star(template):

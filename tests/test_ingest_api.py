@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ingest
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.index import Document
 from clipsearch.index.faiss_index import FaissIndex
 from conftest import make_image
@@ -24,7 +24,8 @@ def settings(tiny_model_dir, tmp_path, monkeypatch) -> Settings:
     # The environment names another model and index: the library must use only what it is given.
     monkeypatch.setenv("INDEX_PATH", str(tmp_path / "from-env"))
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "no-such-model"))
-    return Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "idx"), threads=1)
+    return Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                    index=IndexSettings(path=str(tmp_path / "idx")))
 
 
 def options(tmp_path, **kw) -> ingest.IngestOptions:

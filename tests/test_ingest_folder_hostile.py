@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from server_support import reply
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.index.faiss_index import FaissIndex
 from conftest import REPO, make_image
 from ingest.cli import execute
@@ -155,8 +155,8 @@ def test_search_results_never_carry_the_ingest_hosts_folder(tiny_model_env, tiny
     execute(["folder", str(root), "--index", str(tmp_path / "idx"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     for data in ((tmp_path / "idx").glob("gen-*/*")):
         assert str(tmp_path).encode() not in data.read_bytes(), data  # not in the index either
-    app = App(Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "idx"), threads=1),
-              encoder=tiny_encoder)
+    app = App(Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                       index=IndexSettings(path=str(tmp_path / "idx"))), encoder=tiny_encoder)
     status, _, body = reply(app.handle({"query": "a photo", "input_type": "text", "k": 100}, None))
     assert status == 200 and body["count"] == 12
     assert str(tmp_path) not in json.dumps(body) and "private" not in json.dumps(body)

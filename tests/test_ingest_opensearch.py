@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import shutil
 
-import os
 
 import numpy as np
 import pytest
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, OpenSearchSettings
 from clipsearch.index import open_index
 from clipsearch.index.faiss_index import FaissIndex
 from ingest.cli import execute
@@ -51,7 +50,7 @@ def test_unsplash_into_faiss_then_opensearch_from_the_cache(env, fake_opensearch
         assert (again.encoded, again.indexed) == (0, 0) and again.skipped["already indexed"] == 5
 
     faiss = FaissIndex.load(tmp_path / "idx")
-    remote = open_index(Settings.from_env(dict(os.environ, BACKEND="opensearch")))
+    remote = open_index(IndexSettings(backend="opensearch"), OpenSearchSettings.from_env())
     assert sorted(remote.ids()) == sorted(faiss.ids())
     for doc_id in faiss.ids():
         a, b = faiss.get(doc_id), remote.get(doc_id)
@@ -91,8 +90,8 @@ def test_bad_items_are_reported_and_the_load_goes_on(tiny_encoder, tmp_path, ser
     items[1].doc_id = "é" * 300  # 300 characters, 600 bytes
     items[4].metadata["photographer"] = {"name": "an object"}
     with FakeOpenSearch(service=service, refresh_seconds=0.05) as fake:
-        settings = Settings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_INDEX": "bad", "OPENSEARCH_REPLICAS": "0",
-                                      "OPENSEARCH_SERVICE": service})
+        settings = OpenSearchSettings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_INDEX": "bad",
+                                                "OPENSEARCH_REPLICAS": "0", "OPENSEARCH_SERVICE": service})
         index = OpenSearchIndex.from_settings(settings, model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
         summary = Summary("unsplash")
         with index.loading():

@@ -15,10 +15,10 @@ import pytest
 import requests
 from server_support import FileServer, send
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.index.faiss_index import FaissIndex
 from clipsearch.models.torch_encoder import TorchEncoder
-from server.local import LocalStack
+from server.local import LocalLambda
 
 pytestmark = pytest.mark.e2e
 LOOPBACK_RUNTIME = str(Path(__file__).resolve().parent / "loopback_runtime.py")
@@ -38,7 +38,8 @@ def ingested(stand_in, photo_folder, tmp_path_factory):
     def get(family: str):
         if family not in cache:
             path = tmp_path_factory.mktemp(f"index-{family}")
-            settings = Settings(model_path=str(stand_in(family)), index_path=str(path), threads=1)
+            settings = Settings(model=ModelSettings(path=str(stand_in(family)), threads=1),
+                                index=IndexSettings(path=str(path)))
             summary = execute(["folder", str(photo_folder), "--index", str(path), "--no-cache", "--quiet"], settings)
             assert summary.failed == [], summary.failed
             cache[family] = path, TorchEncoder(str(stand_in(family)), threads=1, load=("text", "vision"))
@@ -66,7 +67,7 @@ def test_a_family_served_under_the_emulator(family, encoder, ingested, stand_in,
            "TORCH_THREADS": "1"}
     photo = lambda name: next(photo_folder.rglob(name)).read_bytes()  # noqa: E731
     files = FileServer({"/p05.jpg": send(200, {"Content-Type": "image/jpeg"}, photo("photo05.jpg"))})
-    with files, LocalStack(env=env, log=tmp_path / "stack.log", python=[sys.executable, LOOPBACK_RUNTIME]) as stack:
+    with files, LocalLambda(env=env, log=tmp_path / "stack.log", python=[sys.executable, LOOPBACK_RUNTIME]) as stack:
         assert stack.ready_status == 200, (tmp_path / "stack.log").read_text()[-3000:]
 
         def search(body: dict) -> dict:

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from PIL import Image
 
-from clipsearch.config import Settings
+from clipsearch.config import ModelSettings
 from clipsearch.models import load_encoder, resolve_model_id
 from clipsearch.models.onnx_encoder import OnnxEncoder
 from clipsearch.errors import InvalidInput
@@ -188,9 +188,9 @@ def test_export_falls_back_when_the_rewrite_cannot_be_built(tiny_model_dir, tiny
 
 
 def test_a_graph_onnxruntime_cannot_run_is_a_mismatch(tiny_model_dir, tmp_path):
-    from clipsearch.models.export import _check_text_graph, load_tower
+    from clipsearch.models.export import _check_text_graph, exportable_tower
 
-    text, cfg = load_tower(str(tiny_model_dir), "text")
+    text, cfg = exportable_tower(str(tiny_model_dir), "text")
     broken = tmp_path / "text.onnx"
     broken.write_bytes(b"not a protobuf")
     assert _check_text_graph(broken, text, cfg).startswith("onnxruntime cannot run it")
@@ -291,7 +291,7 @@ def test_an_index_from_one_encoder_answers_the_other(onnx_encoder, tiny_encoder,
 
 
 def test_int8_text_tower_is_close_and_reported(onnx_dir, onnx_encoder, tmp_path):
-    int8 = load_encoder(Settings(encoder="onnx", onnx_path=str(onnx_dir), onnx_text_int8=True, threads=1))
+    int8 = load_encoder(ModelSettings(encoder="onnx", onnx_path=str(onnx_dir), onnx_text_int8=True, threads=1))
     assert isinstance(int8, OnnxEncoder) and int8._files["text"].name == "text.int8.onnx"
     fp32, q = onnx_encoder.encode_text(TEXTS), int8.encode_text(TEXTS)
     assert q.dtype == np.float32 and np.abs(q - fp32).max() > 0  # really another graph
@@ -379,10 +379,10 @@ def test_missing_or_incomplete_exports_say_how_to_fix(onnx_dir, tiny_model_dir, 
 
 
 def test_settings_read_onnx_text_int8():
-    assert Settings.from_env({}).onnx_text_int8 is False
-    assert Settings.from_env({"ONNX_TEXT_INT8": "true"}).onnx_text_int8 is True
+    assert ModelSettings.from_env({}).onnx_text_int8 is False
+    assert ModelSettings.from_env({"ONNX_TEXT_INT8": "true"}).onnx_text_int8 is True
     with pytest.raises(ValueError, match="ONNX_TEXT_INT8"):
-        Settings.from_env({"ONNX_TEXT_INT8": "maybe"})
+        ModelSettings.from_env({"ONNX_TEXT_INT8": "maybe"})
 
 
 # -- no torch on this path -------------------------------------------------------------------
@@ -394,11 +394,11 @@ from clipsearch.models import load_encoder
 from clipsearch.images import decode_image
 from clipsearch.index import Document, open_index
 settings = Settings.from_env()
-enc = load_encoder(settings)
+enc = load_encoder(settings.model)
 text = enc.encode_text("two dogs on the beach")
 data = open(sys.argv[1], "rb").read()
 image = enc.encode_images([decode_image(data)])
-index = open_index(settings, model_id=enc.model_id, dim=enc.dim)
+index = open_index(settings.index, settings.opensearch, model_id=enc.model_id, dim=enc.dim)
 index.upsert([Document("a", image[0], {}), Document("b", text[0], {})])
 hits = index.search(text[0], k=2)
 print(json.dumps({"type": type(enc).__name__, "hits": [h.id for h in hits], "towers": enc.loaded_towers,
@@ -504,18 +504,17 @@ def test_handler_imports_and_answers_with_onnx_without_torch(onnx_dir, torch_bui
 
 @pytest.mark.e2e
 def test_emulator_end_to_end_with_the_onnx_encoder(onnx_dir, torch_built_index, tiny_encoder, tmp_path):
-    pytest.importorskip("server.local", reason="the server lands on another branch")
     import base64
 
     import requests
 
     from clipsearch.images import decode_image
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     index = FaissIndex.load(torch_built_index)
     env = {"ENCODER": "onnx", "ONNX_PATH": str(onnx_dir), "INDEX_PATH": str(torch_built_index), "BACKEND": "faiss",
            "TORCH_THREADS": "1"}
-    with LocalStack(env=env, log=tmp_path / "stack.log") as stack:
+    with LocalLambda(env=env, log=tmp_path / "stack.log") as stack:
         assert stack.ready_status == 200, (tmp_path / "stack.log").read_text()[-3000:]
         for text in ["two dogs", "a red car on the street at night", "Ünïcödé 🐕"]:
             r = requests.post(stack.search_url, json={"query": text, "input_type": "text", "k": 5}, timeout=60)
@@ -610,7 +609,7 @@ def test_handler_runs_under_the_emulator_on_the_image_python_with_only_the_onnx_
 
     from image_support import image_python, install_site, lock_wheels, session_dir, tail
     from scripts.locks import image_platform
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     platform = image_platform()
     python = image_python(platform.python)
@@ -631,7 +630,7 @@ def test_handler_runs_under_the_emulator_on_the_image_python_with_only_the_onnx_
     queries = [{"query": "two dogs", "input_type": "text"}, {"query": "img3", "input_type": "id"},
                {"query": base64.b64encode(make_image(5, fmt="PNG")).decode(), "input_type": "image"},
                {"query": "", "input_type": "text"}]
-    with LocalStack(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
+    with LocalLambda(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         replies = [stack.invoke(q) for q in queries]
         runtime = stack.runtime_process()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, OpenSearchSettings
 from clipsearch.errors import (BackendUnavailable, ClipsearchError, DocumentsRejected, IndexMissing, InvalidInput,
                                ModelMismatch, NotFound)
 from clipsearch.index import Document, check_model, open_index
@@ -36,13 +36,13 @@ class Cluster:
     fake: FakeOpenSearch | None
     alias: str
 
-    def settings(self, **over) -> Settings:
+    def settings(self, **over) -> OpenSearchSettings:
         env = {"OPENSEARCH_URL": self.url, "OPENSEARCH_INDEX": self.alias, "OPENSEARCH_REPLICAS": "0",
                "BACKEND": "opensearch"}
         if self.fake is None:  # the real cluster: whatever auth the environment configures
             env.update({k: v for k, v in os.environ.items() if k.startswith(("OPENSEARCH_", "AWS_"))})
             env["OPENSEARCH_INDEX"], env["OPENSEARCH_REPLICAS"] = self.alias, "0"
-        return replace(Settings.from_env(env), **over)
+        return replace(OpenSearchSettings.from_env(env), **over)
 
     def client(self):
         return make_client(self.settings())
@@ -78,7 +78,7 @@ def fast_bulk(client, **kw) -> BulkWriter:
     return BulkWriter(client, **{"max_docs": 25, "threads": 3, "backoff": 0.001, "max_backoff": 0.01, **kw})
 
 
-def open_ingest(settings: Settings, model_id="org/model-a", dim=DIM, **kw) -> OpenSearchIndex:
+def open_ingest(settings: OpenSearchSettings, model_id="org/model-a", dim=DIM, **kw) -> OpenSearchIndex:
     client = make_client(settings)
     return OpenSearchIndex.from_settings(settings, model_id=model_id, dim=dim, client=client,
                                          bulk=fast_bulk(client), **kw)
@@ -126,17 +126,18 @@ def test_new_index_mapping_and_settings(cluster):
 
 
 def test_index_body_has_no_removed_settings_and_rejects_nmslib():
-    body = om.index_body(model_id="m", dim=4)
+    body = om.index_body(OpenSearchSettings(), model_id="m", dim=4)
     assert "space_type" not in str(body["settings"])
     with pytest.raises(ValueError, match="nmslib"):
-        om.index_body(model_id="m", dim=4, engine="nmslib")
+        om.index_body(OpenSearchSettings(engine="nmslib"), model_id="m", dim=4)
     with pytest.raises(ValueError, match="float vectors only"):
-        om.index_body(model_id="m", dim=4, data_type="byte", mode="on_disk")
+        om.index_body(OpenSearchSettings(data_type="byte", mode="on_disk"), model_id="m", dim=4)
     with pytest.raises(ValueError, match="not offered by the lucene engine"):
-        om.index_body(model_id="m", dim=4, engine="lucene", mode="on_disk", compression="32x")
-    lucene = om.index_body(model_id="m", dim=4, engine="lucene", m=8, ef_construction=64)
+        om.index_body(OpenSearchSettings(engine="lucene", mode="on_disk", compression="32x"), model_id="m", dim=4)
+    lucene = om.index_body(OpenSearchSettings(engine="lucene", m=8, ef_construction=64), model_id="m", dim=4)
     assert lucene["mappings"]["properties"]["vector"]["method"]["engine"] == "lucene"
-    compact = om.index_body(model_id="m", dim=4, mode="on_disk", compression="32x")["mappings"]["properties"]["vector"]
+    compact = om.index_body(OpenSearchSettings(mode="on_disk", compression="32x"), model_id="m", dim=4)
+    compact = compact["mappings"]["properties"]["vector"]
     assert compact["mode"] == "on_disk" and compact["compression_level"] == "32x"
 
 
@@ -201,8 +202,8 @@ def test_parity_with_the_embedded_backend(cluster):
 
 
 def test_lucene_engine_gives_the_same_cosines(cluster):
-    index, ds, vecs = loaded(cluster.settings(opensearch_engine="lucene", opensearch_m=16,
-                                              opensearch_ef_construction=100), n=100, seed=9)
+    index, ds, vecs = loaded(cluster.settings(engine="lucene", m=16,
+                                              ef_construction=100), n=100, seed=9)
     assert index.engine == "lucene"
     embedded = FaissIndex(None, model_id="org/model-a", dim=DIM)
     embedded.upsert(ds)
@@ -384,9 +385,10 @@ def test_open_index_dispatches_to_opensearch(fake):
     from clipsearch.index.opensearch_client import clear_cache
 
     clear_cache()
-    index = open_index(settings)
+    backend = IndexSettings(backend="opensearch")
+    index = open_index(backend, settings)
     assert isinstance(index, OpenSearchIndex) and index.count() == 5
-    again = open_index(settings, model_id="org/model-a", dim=DIM)
+    again = open_index(backend, settings, model_id="org/model-a", dim=DIM)
     assert again.index == index.index
     assert again.client is index.client  # one client (and its connection pool) per process, as in a warm Lambda
     clear_cache()
@@ -427,7 +429,7 @@ def test_a_warm_server_follows_the_alias_to_a_rebuilt_index_of_its_model(fake):
     server = OpenSearchIndex.from_settings(settings, client=make_client(settings))
     # Rebuilt as byte vectors under the same model, then the old index deleted.
     client = make_client(settings)
-    new = OpenSearchIndex.create(client, replace(settings, opensearch_data_type="byte"), model_id="org/model-a",
+    new = OpenSearchIndex.create(client, replace(settings, data_type="byte"), model_id="org/model-a",
                                  dim=DIM, live=old.index)
     new.upsert(docs(10)[0])
     new.save()
@@ -486,7 +488,7 @@ def test_force_merge_is_optional(fake):
     assert fake.indices[index.index].force_merges == 0
     index.save(force_merge=True)
     assert fake.indices[index.index].force_merges == 1
-    merging = open_ingest(replace(settings, opensearch_force_merge=True))
+    merging = open_ingest(replace(settings, force_merge=True))
     merging.save()
     assert fake.indices[index.index].force_merges == 2
 
@@ -538,7 +540,7 @@ def test_unreachable_cluster_is_backend_unavailable_with_cause_logged(caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nothing listens there
-    settings = Settings.from_env({"OPENSEARCH_URL": f"http://127.0.0.1:{port}", "OPENSEARCH_TIMEOUT": "2"})
+    settings = OpenSearchSettings.from_env({"OPENSEARCH_URL": f"http://127.0.0.1:{port}", "OPENSEARCH_TIMEOUT": "2"})
     with caplog.at_level(logging.ERROR), pytest.raises(BackendUnavailable, match="unreachable"):
         OpenSearchIndex.from_settings(settings, client=make_client(settings))
     assert "Connection" in caplog.text or "refused" in caplog.text
@@ -546,7 +548,7 @@ def test_unreachable_cluster_is_backend_unavailable_with_cause_logged(caplog):
 
 @pytest.mark.parametrize("fault", ["503", "500", "429", "drop", "timeout"])
 def test_failing_search_is_backend_unavailable(fake, fault, caplog):
-    settings = replace(Cluster(fake.url, fake, "flaky").settings(), opensearch_timeout=1)
+    settings = replace(Cluster(fake.url, fake, "flaky").settings(), timeout=1)
     index, _, vecs = loaded(settings, n=5)
     index.client = make_client(settings)
     if fault == "drop":
@@ -570,7 +572,7 @@ def test_a_transient_drop_is_retried_once_transparently(fake):
 
 # -- compact vectors ------------------------------------------------------------------------
 def test_byte_vectors_quantise_and_score_as_cosines(cluster):
-    settings = cluster.settings(opensearch_data_type="byte")
+    settings = cluster.settings(data_type="byte")
     index, ds, vecs = loaded(settings, n=120, seed=6)
     assert index.data_type == "byte"
     embedded = FaissIndex(None, model_id="org/model-a", dim=DIM)
@@ -589,7 +591,7 @@ def test_byte_vectors_quantise_and_score_as_cosines(cluster):
 
 
 def test_on_disk_mode_mapping(fake):
-    index = open_ingest(Cluster(fake.url, fake, "ondisk").settings(opensearch_mode="on_disk", opensearch_compression="32x"))
+    index = open_ingest(Cluster(fake.url, fake, "ondisk").settings(mode="on_disk", compression="32x"))
     vec = fake.indices[index.index].mappings["properties"]["vector"]
     assert vec["mode"] == "on_disk" and vec["compression_level"] == "32x"
     assert (index.mode, index.compression) == ("on_disk", "32x")
@@ -668,7 +670,7 @@ def test_the_ingest_path_stays_within_the_ingest_roles_permissions():
     """Creating, loading, checkpointing, deleting, merging, warming and moving the alias all fit
     the ingest role's policy, on a domain whose bulk bodies may not name an index."""
     with FakeOpenSearch(allow_explicit_index=False) as fake:
-        settings = Cluster(fake.url, fake, "clipsearch").settings(opensearch_force_merge=True)
+        settings = Cluster(fake.url, fake, "clipsearch").settings(force_merge=True)
         loaded(settings, n=10)
         b = open_ingest(settings, model_id="org/model-b", dim=8)
         with b.loading():
@@ -736,7 +738,7 @@ def test_compression_table_is_the_engines(cluster, engine, mode, compression):
 
 
 def test_merge_once_and_warmup_on_the_cluster(cluster):
-    settings = cluster.settings(opensearch_force_merge=True)
+    settings = cluster.settings(force_merge=True)
     index = open_ingest(settings)
     ds, vecs = docs(60, seed=12)
     with index.loading():

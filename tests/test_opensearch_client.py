@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from clipsearch.config import Settings
+from clipsearch.config import OpenSearchSettings
 from clipsearch.errors import BackendUnavailable
 from clipsearch.index import Document
 from clipsearch.index.opensearch import OpenSearchIndex
@@ -46,9 +46,10 @@ def rotating_credentials(fake: FakeOpenSearch, clock: Clock, lifetime=dt.timedel
     return creds, issued
 
 
-def sigv4_settings(fake, service="es") -> Settings:
-    return Settings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_AUTH": "sigv4", "OPENSEARCH_SERVICE": service,
-                              "AWS_REGION": "eu-west-1", "OPENSEARCH_INDEX": "signed", "OPENSEARCH_REPLICAS": "0"})
+def sigv4_settings(fake, service="es") -> OpenSearchSettings:
+    return OpenSearchSettings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_AUTH": "sigv4",
+                                        "OPENSEARCH_SERVICE": service, "AWS_REGION": "eu-west-1",
+                                        "OPENSEARCH_INDEX": "signed", "OPENSEARCH_REPLICAS": "0"})
 
 
 @pytest.mark.parametrize("service", ["es", "aoss"])
@@ -114,18 +115,18 @@ def test_wrong_secret_is_refused_and_reported_as_unavailable():
 def test_basic_auth():
     with FakeOpenSearch(basic_auth=("admin", "s3cret!")) as fake:
         env = {"OPENSEARCH_URL": fake.url, "OPENSEARCH_AUTH": "basic", "OPENSEARCH_USER": "admin"}
-        ok = Settings.from_env({**env, "OPENSEARCH_PASSWORD": "s3cret!"})
+        ok = OpenSearchSettings.from_env({**env, "OPENSEARCH_PASSWORD": "s3cret!"})
         assert make_client(ok).info()["name"] == "fake"
-        bad = Settings.from_env({**env, "OPENSEARCH_PASSWORD": "guess"})
+        bad = OpenSearchSettings.from_env({**env, "OPENSEARCH_PASSWORD": "guess"})
         with pytest.raises(BackendUnavailable, match="401"):
             OpenSearchIndex.from_settings(bad, client=make_client(bad))
 
 
 def test_one_cached_client_per_endpoint_and_identity():
     clear_cache()
-    a = Settings.from_env({"OPENSEARCH_URL": "http://127.0.0.1:1"})
-    assert get_client(a) is get_client(Settings.from_env({"OPENSEARCH_URL": "http://127.0.0.1:1"}))
-    assert get_client(a) is not get_client(Settings.from_env({"OPENSEARCH_URL": "http://127.0.0.1:2"}))
+    a = OpenSearchSettings.from_env({"OPENSEARCH_URL": "http://127.0.0.1:1"})
+    assert get_client(a) is get_client(OpenSearchSettings.from_env({"OPENSEARCH_URL": "http://127.0.0.1:1"}))
+    assert get_client(a) is not get_client(OpenSearchSettings.from_env({"OPENSEARCH_URL": "http://127.0.0.1:2"}))
     clear_cache()
 
 
@@ -141,7 +142,7 @@ def test_one_cached_client_per_endpoint_and_identity():
 ])
 def test_bad_connection_settings_say_what_to_fix(env, match):
     with pytest.raises(ValueError, match=match):
-        make_client(Settings.from_env(env))
+        make_client(OpenSearchSettings.from_env(env))
 
 
 @pytest.mark.parametrize("env, match", [
@@ -156,20 +157,20 @@ def test_bad_connection_settings_say_what_to_fix(env, match):
     ({"OPENSEARCH_ENGINE": "lucene", "OPENSEARCH_SERVICE": "aoss"}, "Serverless"),
 ])
 def test_bad_index_options_are_refused_before_creating_anything(fake_opensearch, env, match):
-    settings = Settings.from_env({"OPENSEARCH_URL": fake_opensearch.url, **env})
+    settings = OpenSearchSettings.from_env({"OPENSEARCH_URL": fake_opensearch.url, **env})
     with pytest.raises(ValueError, match=match):
         OpenSearchIndex.from_settings(settings, model_id="m", dim=4, client=make_client(settings))
     assert fake_opensearch.indices == {}
 
 
 def test_new_settings_read_from_the_environment():
-    s = Settings.from_env({"OPENSEARCH_ENGINE": "Lucene", "OPENSEARCH_M": "24", "OPENSEARCH_EF_SEARCH": "64",
+    s = OpenSearchSettings.from_env({"OPENSEARCH_ENGINE": "Lucene", "OPENSEARCH_M": "24", "OPENSEARCH_EF_SEARCH": "64",
                            "OPENSEARCH_DATA_TYPE": "byte", "OPENSEARCH_REPLICAS": "0", "OPENSEARCH_FORCE_MERGE": "yes",
                            "OPENSEARCH_MODE": "on_disk", "OPENSEARCH_COMPRESSION": "16X"})
-    assert (s.opensearch_engine, s.opensearch_m, s.opensearch_ef_search, s.opensearch_data_type) == ("lucene", 24, 64, "byte")
-    assert s.opensearch_replicas == 0 and s.opensearch_force_merge and s.opensearch_compression == "16x"
+    assert (s.engine, s.m, s.ef_search, s.data_type) == ("lucene", 24, 64, "byte")
+    assert s.replicas == 0 and s.force_merge and s.compression == "16x"
     with pytest.raises(ValueError, match="OPENSEARCH_EF_SEARCH"):
-        Settings.from_env({"OPENSEARCH_EF_SEARCH": "lots"})
+        OpenSearchSettings.from_env({"OPENSEARCH_EF_SEARCH": "lots"})
 
 
 @pytest.mark.parametrize("env, compression", [
@@ -181,7 +182,7 @@ def test_new_settings_read_from_the_environment():
 @pytest.mark.parametrize("version", ["2.19.2", "3.1.0"])
 def test_valid_compressions_are_created_and_rescored(env, compression, version):
     with FakeOpenSearch(version=version) as fake:
-        settings = Settings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_REPLICAS": "0", **env})
+        settings = OpenSearchSettings.from_env({"OPENSEARCH_URL": fake.url, "OPENSEARCH_REPLICAS": "0", **env})
         index = OpenSearchIndex.from_settings(settings, model_id="m", dim=4, client=make_client(settings))
         assert index.compression == compression
         with index.loading():

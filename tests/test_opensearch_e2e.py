@@ -1,5 +1,5 @@
 """End to end with BACKEND=opensearch: `python -m ingest folder PATH --backend opensearch` fills
-the strict fake, then the real Lambda emulator + gateway (server.local.LocalStack) serve it."""
+the strict fake, then the real Lambda emulator + gateway (server.local.LocalLambda) serve it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from conftest import REPO
 
-from server.local import LocalStack
+from server.local import LocalLambda
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def test_ingest_then_serve_through_the_emulator(fake_opensearch, tiny_model_dir,
     assert json.loads(done.stdout.strip().splitlines()[-1])["index_count"] == 12
     (name,) = fake_opensearch.aliases["photos"]
 
-    with LocalStack(env=env, log=tmp_path / "stack.log", startup_timeout_s=120) as stack:
+    with LocalLambda(env=env, log=tmp_path / "stack.log", startup_timeout_s=120) as stack:
         assert stack.ready_status == 200, (tmp_path / "stack.log").read_text()[-3000:]
         status, _, body = post(stack.search_url, {"query": "two dogs", "input_type": "text", "k": 5,
                                                   "filters": {"orientation": "landscape"}})

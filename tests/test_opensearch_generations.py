@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from clipsearch.config import Settings
+from clipsearch.config import OpenSearchSettings
 from clipsearch.index.opensearch import OpenSearchIndex
 from clipsearch.index.opensearch_client import clear_cache, make_client
 from fake_opensearch import FakeOpenSearch
@@ -33,7 +33,7 @@ def signed(monkeypatch, tmp_path):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         clear_cache()
-        settings = Settings.from_env(env)
+        settings = OpenSearchSettings.from_env(env)
         client = make_client(settings)
         names = []
         for n, (model, dim) in enumerate((("org/a", 8), ("org/b", 4), ("org/c", 8))):

@@ -41,7 +41,8 @@ def test_folder_ingest_into_opensearch(env, fake_opensearch, photo_folder, tmp_p
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["indexed"] == 0
     assert fake_opensearch.doc_count(name) == 12
 
-    index = open_index(Settings.from_env())
+    settings = Settings.from_env()
+    index = open_index(settings.index, settings.opensearch)
     assert (index.model_id, index.count()) == ("clipsearch/tiny-test", 12)
     doc = index.get(index.ids()[0])
     assert doc.metadata["source"] == "folder" and index.search(doc.vector, k=1)[0].id == doc.id

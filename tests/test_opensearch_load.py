@@ -27,7 +27,7 @@ def _paths(fake, since: int = 0) -> list[str]:
 
 def test_force_merge_runs_once_after_the_last_checkpoint():
     with FakeOpenSearch(merge_seconds=0.3) as fake:
-        settings = Cluster(fake.url, fake, "merge").settings(opensearch_force_merge=True)
+        settings = Cluster(fake.url, fake, "merge").settings(force_merge=True)
         index = open_ingest(settings)
         ds, _ = docs(40)
         with index.loading():
@@ -50,7 +50,7 @@ def test_a_dropped_force_merge_request_does_not_fail_the_load(caplog, monkeypatc
     """A load balancer closes a long idle request (504, or no answer at all): the merge goes on in
     the cluster, and the load waits for it by polling the segment count."""
     with FakeOpenSearch(merge_seconds=0.5) as fake:
-        settings = Cluster(fake.url, fake, "dropped").settings(opensearch_force_merge=True)
+        settings = Cluster(fake.url, fake, "dropped").settings(force_merge=True)
         index = open_ingest(settings)
         fake.drop(times=2, path="_forcemerge", after=True)  # the client retries once
         with caplog.at_level(logging.INFO, "clipsearch.index.opensearch"), index.loading():
@@ -72,7 +72,7 @@ def test_a_dropped_force_merge_request_does_not_fail_the_load(caplog, monkeypatc
 
 def test_a_merge_past_its_bound_is_left_running(caplog):
     with FakeOpenSearch(merge_seconds=30) as fake:
-        settings = Cluster(fake.url, fake, "slow").settings(opensearch_force_merge=True)
+        settings = Cluster(fake.url, fake, "slow").settings(force_merge=True)
         index = open_ingest(settings, merge_wait_s=0.5)
         with caplog.at_level(logging.WARNING, "clipsearch.index.opensearch"), index.loading():
             for seed in (1, 2):  # two segments, so there is something to merge
@@ -82,7 +82,7 @@ def test_a_merge_past_its_bound_is_left_running(caplog):
 
 
 def test_a_refused_force_merge_fails_the_load_and_restores_settings(fake_opensearch):
-    settings = Cluster(fake_opensearch.url, fake_opensearch, "refused").settings(opensearch_force_merge=True)
+    settings = Cluster(fake_opensearch.url, fake_opensearch, "refused").settings(force_merge=True)
     index = open_ingest(settings)
     fake_opensearch.fail(400, times=1, path="_forcemerge")
     with pytest.raises(ClipsearchError, match="force-merging"), index.loading():
@@ -119,7 +119,7 @@ def test_two_concurrent_loads_leave_the_serving_settings_behind():
     """The second load finds the index paused by the first (refresh -1, no replicas): it must
     restore the serving values, not the first load's pause."""
     with FakeOpenSearch() as fake:
-        settings = Cluster(fake.url, fake, "both").settings(opensearch_replicas=1)
+        settings = Cluster(fake.url, fake, "both").settings(replicas=1)
         first = open_ingest(settings)
         client = make_client(settings)
 
@@ -184,7 +184,7 @@ def test_save_outside_a_load_merges_only_when_asked(fake_opensearch):
     assert fake_opensearch.indices[index.index].force_merges == 0
     index.save(force_merge=True)
     assert fake_opensearch.indices[index.index].force_merges == 1
-    merging = open_ingest(replace(settings, opensearch_force_merge=True))
+    merging = open_ingest(replace(settings, force_merge=True))
     merging.upsert([Document("extra", np.ones(DIM))])
     merging.save()
     assert fake_opensearch.indices[index.index].force_merges == 2
@@ -195,7 +195,7 @@ def test_a_single_node_cluster_with_replicas_does_not_stall_the_warmup(fake_open
     recovering copies only, so it completes at once and warms the graphs."""
     import time
 
-    settings = Cluster(fake_opensearch.url, fake_opensearch, "onenode").settings(opensearch_replicas=1)
+    settings = Cluster(fake_opensearch.url, fake_opensearch, "onenode").settings(replicas=1)
     index = open_ingest(settings)
     t0 = time.monotonic()
     with index.loading():

@@ -29,7 +29,7 @@ def served(fake_opensearch, tiny_encoder, tiny_model_dir, image_bytes):
                                   "TORCH_THREADS": "1"})
     images = [Image.open(BytesIO(image_bytes(i))) for i in range(8)]
     vectors = tiny_encoder.encode_images(images)
-    index = OpenSearchIndex.from_settings(settings, model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
+    index = OpenSearchIndex.from_settings(settings.opensearch, model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
     with index.loading():
         index.upsert([Document(f"photo{i}", vectors[i], {"url": f"https://img.example/{i}.jpg", "width": 64,
                                                          "height": 48, "orientation": ("landscape", "portrait")[i % 2],

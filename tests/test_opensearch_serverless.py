@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from clipsearch.config import Settings
+from clipsearch.config import OpenSearchSettings, Settings
 from clipsearch.errors import BackendUnavailable, NotFound
 from clipsearch.index import Document
 from clipsearch.index.opensearch import OpenSearchIndex
@@ -35,9 +35,9 @@ def aoss():
         yield fake
 
 
-def settings_for(fake, alias="vectors", **over) -> Settings:
+def settings_for(fake, alias="vectors", **over) -> OpenSearchSettings:
     env = {"OPENSEARCH_URL": fake.url, "OPENSEARCH_INDEX": alias, "OPENSEARCH_SERVICE": "aoss", "BACKEND": "opensearch"}
-    return replace(Settings.from_env(env), **over)
+    return replace(OpenSearchSettings.from_env(env), **over)
 
 
 def open_ingest(settings, model_id="org/model-a", dim=DIM, **kw) -> OpenSearchIndex:
@@ -139,14 +139,14 @@ def test_a_collection_that_never_catches_up_keeps_the_alias(aoss):
 
 
 def test_lucene_is_refused_before_anything_is_created(aoss):
-    settings = settings_for(aoss, opensearch_engine="lucene")
+    settings = settings_for(aoss, engine="lucene")
     with pytest.raises(ValueError, match="Serverless.*does not support the lucene engine.*OPENSEARCH_ENGINE=faiss"):
         open_ingest(settings)
     assert aoss.indices == {}
 
 
 def test_no_request_serverless_lacks(aoss):
-    settings = settings_for(aoss, opensearch_force_merge=True)
+    settings = settings_for(aoss, force_merge=True)
     index = open_ingest(settings)
     with index.loading():
         index.upsert(docs(10)[0])

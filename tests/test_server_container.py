@@ -156,7 +156,7 @@ def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, ti
     """On this venv's Python (3.11) and packages, not the image's: the runtime's interpreter runs
     with -S (no site-packages at all) and a site-packages holding only requirements.txt's dependency
     closure, what a virtualenv built from it alone would hold. The image's Python: below."""
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     closure = requirement_closure(REPO / "requirements.txt")
     linked = requirements_only_site(tmp_path / "site", closure)
@@ -169,7 +169,7 @@ def test_handler_runs_under_the_emulator_with_only_requirements_txt(tmp_path, ti
                {"query": "http://169.254.169.254/", "input_type": "url"}, {"query": "x", "input_type": "?"},
                *[{"query": base64.b64encode(make_image(1, fmt=f)).decode(), "input_type": "image"}
                  for f in ("JPEG", "PNG", "GIF", "WEBP")]]
-    with LocalStack(env=env, log=tmp_path / "log", python=[sys.executable, "-S"]) as stack:
+    with LocalLambda(env=env, log=tmp_path / "log", python=[sys.executable, "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         statuses = [stack.invoke(q)["statusCode"] for q in queries]
         cmdline = stack.runtime_process().cmdline()
@@ -191,7 +191,7 @@ def test_torch_image_packages_on_the_image_python(tmp_path, tmp_path_factory, ti
     import subprocess
 
     from image_support import image_python, install_site, lock_wheels, pip, session_dir, tail
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     platform = image_platform()
     python = image_python(platform.python)
@@ -230,7 +230,7 @@ def test_torch_image_packages_on_the_image_python(tmp_path, tmp_path_factory, ti
     queries = [{"query": "two dogs", "input_type": "text"}, {"query": "doc01", "input_type": "id"},
                {"query": base64.b64encode(make_image(1, fmt="PNG")).decode(), "input_type": "image"},
                {"query": "x", "input_type": "?"}]
-    with LocalStack(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
+    with LocalLambda(env=env, log=tmp_path / "log", python=[str(python), "-S"]) as stack:
         assert stack.ready_status == 200, (tmp_path / "log").read_text()[-3000:]
         statuses = [stack.invoke(q)["statusCode"] for q in queries]
     assert statuses == [200, 200, 200, 400], (tmp_path / "log").read_text()[-3000:]
@@ -272,3 +272,38 @@ def test_model_download_keeps_the_hub_identity(tmp_path, monkeypatch, tiny_model
     assert download_model.weight_patterns(["open_clip_model.safetensors", "pytorch_model.bin"]) == ["pytorch_model.bin"]
     with pytest.raises(SystemExit, match="no safetensors"):
         download_model.weight_patterns(["tf_model.h5"])
+
+
+def test_the_dockerignore_reading_follows_docker_s_rules():
+    from dockerignore import excluded, read_patterns
+
+    # The exceptions example of Docker's .dockerignore reference: the last matching line decides.
+    rules = read_patterns("# docs\n*.md\n!README*.md\nREADME-secret.md\n")
+    assert [excluded(f, rules) for f in ("a.md", "README.md", "README-secret.md", "x.txt")] == [True, False, True, False]
+    rules = read_patterns("*.md\nREADME-secret.md\n!README*.md\n")
+    assert not excluded("README-secret.md", rules) and excluded("notes.md", rules)
+    # A pattern also matches below a directory it names; "*" does not cross "/", "**" does.
+    rules = read_patterns("*\n!server/\nserver/local/\n**/__pycache__\n")
+    assert not excluded("server/app.py", rules) and excluded("server/local/stack.py", rules)
+    assert excluded("server/__pycache__/app.cpython-312.pyc", rules) and excluded("README.md", rules)
+
+
+def image_tree() -> list[str]:
+    """The files of this checkout that the final stage's COPY instructions put in the image."""
+    from dockerignore import context_files
+
+    stages = re.split(r"(?m)^FROM ", DOCKERFILE)
+    final = dockerfile_instructions("FROM " + stages[-1])
+    sources = [arg.split()[0] for op, arg in final if op == "COPY" and not arg.startswith("--")]
+    ignore = (REPO / ".dockerignore").read_text()
+    return [f for src in sources for f in context_files(REPO, src.rstrip("/"), ignore)]
+
+
+def test_the_image_holds_the_function_and_none_of_the_dev_tooling():
+    tree = image_tree()
+    assert {"server/handler.py", "server/app.py", "clipsearch/config.py"} <= set(tree)
+    assert (REPO / "server" / "local" / "stack.py").is_file()
+    assert [f for f in tree if f.startswith("server/local/")] == []
+    importers = [f for f in tree if f.endswith(".py")
+                 and re.search(r"(?m)^\s*(from|import)\s+server\.local\b", (REPO / f).read_text())]
+    assert importers == [], "the image's code must not need the local emulator runner"

@@ -17,7 +17,7 @@ import pytest
 from conftest import make_image
 from server_support import build_index
 
-from server.local import LocalStack
+from server.local import LocalLambda
 
 pytestmark = pytest.mark.e2e
 ORIGIN = "http://localhost:8501"
@@ -41,7 +41,7 @@ def stack(tmp_path_factory, tiny_encoder, tiny_model_dir):
     build_index(root / "index", tiny_encoder)
     env = {"MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(root / "index"), "TORCH_THREADS": "1",
            "CORS_ALLOW_ORIGINS": ORIGIN}
-    with LocalStack(env=env, log=root / "stack.log") as s:
+    with LocalLambda(env=env, log=root / "stack.log") as s:
         assert s.ready_status == 200, (root / "stack.log").read_text()[-3000:]
         yield s
 
@@ -248,7 +248,8 @@ def test_gateway_answers_504_after_its_timeout_and_keeps_the_emulator_serialised
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from server.local import Gateway, Invoker
+    from server.local.gateway import Gateway
+    from server.local.invoker import Invoker
 
     active, overlaps = [0], []
 
@@ -291,7 +292,7 @@ def test_gateway_answers_504_after_its_timeout_and_keeps_the_emulator_serialised
 
 
 def test_non_proxy_function_replies_become_502():
-    from server.local import proxy_reply
+    from server.local.gateway import proxy_reply
 
     status, _, body = proxy_reply({"errorMessage": "boom", "errorType": "Runtime.ExitError"})
     assert status == 502 and json.loads(body) == {"message": "Internal server error"}
@@ -304,7 +305,7 @@ def test_missing_index_stack_answers_503_and_leaves_no_processes(tmp_path, tiny_
     import psutil
 
     env = {"MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(tmp_path / "absent"), "TORCH_THREADS": "1"}
-    with LocalStack(env=env, log=tmp_path / "log") as s:
+    with LocalLambda(env=env, log=tmp_path / "log") as s:
         assert s.ready_status == 503
         got, _, body = http(s.health_url)
         assert got == 503 and json.loads(body)["error"]["code"] == "index_missing"
@@ -374,8 +375,8 @@ def test_killing_the_owner_with_sigkill_leaves_no_emulator_behind(tmp_path, tiny
     from conftest import REPO
 
     build_index(tmp_path / "index", tiny_encoder, n=3)
-    script = (f"from server.local import LocalStack\n"
-              f"s = LocalStack(env={{'MODEL_PATH': {str(tiny_model_dir)!r}, 'INDEX_PATH': {str(tmp_path / 'index')!r}, "
+    script = (f"from server.local import LocalLambda\n"
+              f"s = LocalLambda(env={{'MODEL_PATH': {str(tiny_model_dir)!r}, 'INDEX_PATH': {str(tmp_path / 'index')!r}, "
               f"'TORCH_THREADS': '1'}}, log={str(tmp_path / 'log')!r}).start()\n"
               f"print(s.process.pid, s.runtime_process().pid, flush=True)\n"
               f"import time; time.sleep(120)\n")

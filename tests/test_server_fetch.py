@@ -309,11 +309,12 @@ def test_a_slow_server_is_a_400_from_the_handler_within_the_deadline(tiny_encode
     """What the user sees: the documented 400 url_fetch_failed, not the function held until its timeout."""
     from server_support import build_index, reply
 
-    from clipsearch.config import Settings
+    from clipsearch.config import IndexSettings, ModelSettings, Settings
     from server.app import App
 
     build_index(tmp_path / "index", tiny_encoder, n=3)
-    settings = Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "index"), threads=1)
+    settings = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                        index=IndexSettings(path=str(tmp_path / "index")))
     app = App(settings, encoder=tiny_encoder, fetcher=loopback_fetcher(total_timeout_s=1.0))
     server = RawServer(SLOW["no answer"])
     try:

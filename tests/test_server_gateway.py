@@ -16,7 +16,9 @@ import time
 import pytest
 from test_server_limits import RecordingEmulator
 
-from server.gateway import Gateway, InvokeFront, Invoker
+from server.local.front import InvokeFront
+from server.local.gateway import Gateway
+from server.local.invoker import Invoker
 
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import EVENTS, make_image
 from server_support import FileServer, build_index, proxy_event, reply, send
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, LimitSettings, ModelSettings, ServerSettings, Settings
 from clipsearch.index.faiss_index import FaissIndex
 from server.app import App
 from server.fetch import SafeFetcher
@@ -28,8 +29,9 @@ def index_dir(tmp_path_factory, tiny_encoder):
 
 @pytest.fixture(scope="module")
 def settings(index_dir, tiny_model_dir) -> Settings:
-    return Settings(model_path=str(tiny_model_dir), index_path=str(index_dir), threads=1,
-                    cors_allow_origins=(ORIGIN,), max_image_bytes=1_000_000, max_image_pixels=4_000_000)
+    return Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1), index=IndexSettings(path=str(index_dir)),
+                    server=ServerSettings(cors_allow_origins=(ORIGIN,)),
+                    limits=LimitSettings(max_image_bytes=1_000_000, max_image_pixels=4_000_000))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,7 @@ def test_id_query_excludes_the_document_itself(app, index_dir):
 def test_url_query_success_path_with_a_test_only_address_policy(settings, tiny_encoder):
     """127.0.0.1 is refused by the real policy; this app's fetcher admits exactly that address."""
     image = make_image(11, size=(64, 48))
-    fetcher = SafeFetcher(max_bytes=settings.max_image_bytes, is_allowed=lambda ip: str(ip) == "127.0.0.1")
+    fetcher = SafeFetcher(max_bytes=settings.limits.max_image_bytes, is_allowed=lambda ip: str(ip) == "127.0.0.1")
     app = App(settings, encoder=tiny_encoder, fetcher=fetcher)
     with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, image)}) as srv:
         status, _, body = search(app, query=srv.url("/cat.jpg"), input_type="url", k=2)
@@ -186,7 +188,7 @@ def test_url_query_success_path_with_a_test_only_address_policy(settings, tiny_e
 def test_an_image_url_under_input_type_image_is_fetched_like_a_url_query(settings, tiny_encoder):
     """What the original client sends: {"query": "https://...jpg", "input_type": "image"}."""
     image = make_image(12, size=(48, 64))
-    fetcher = SafeFetcher(max_bytes=settings.max_image_bytes, is_allowed=lambda ip: str(ip) == "127.0.0.1")
+    fetcher = SafeFetcher(max_bytes=settings.limits.max_image_bytes, is_allowed=lambda ip: str(ip) == "127.0.0.1")
     app = App(settings, encoder=tiny_encoder, fetcher=fetcher)
     with FileServer({"/cat.jpg": send(200, {"Content-Type": "image/jpeg"}, image)}) as srv:
         for url in (srv.url("/cat.jpg"), srv.url("/cat.jpg").replace("http://", "HTTP://")):
@@ -256,6 +258,28 @@ def test_min_score_and_filters(app):
     assert body == {**body, "results": [], "count": 0}
 
 
+def test_a_request_s_filters_are_parsed_once(app, monkeypatch):
+    import clipsearch.index.filters as filters
+
+    parsed = []
+    real = filters._parse_one
+    monkeypatch.setattr(filters, "_parse_one", lambda name, spec: parsed.append(name) or real(name, spec))
+    status, _, body = search(app, query="a photo", input_type="text", k=100,
+                             filters={"photographer": ["ph1", "ph2"], "width": {"gte": 64}})
+    assert status == 200 and body["count"] == 8
+    assert sorted(parsed) == ["photographer", "width"]  # at the edge; the index takes the parsed conditions
+
+
+def test_the_answer_s_fields_and_their_order_on_the_wire(app):
+    response = app.handle({"query": "a photo", "input_type": "text", "k": 2}, None)
+    body = json.loads(response["body"])
+    assert list(body) == ["results", "count", "k", "model", "family", "took_ms", "cached", "warning"]
+    assert list(body["took_ms"]) == ["encode", "search", "total"]
+    assert list(body["results"][0])[:2] == ["id", "score"] and body["count"] == len(body["results"]) == 2
+    # The total is the whole request's: parsing and validation included, so never under its parts.
+    assert body["took_ms"]["total"] >= body["took_ms"]["encode"] + body["took_ms"]["search"] - 0.002
+
+
 def test_text_embeddings_are_cached(settings, tiny_encoder):
     calls = []
 
@@ -304,7 +328,7 @@ def test_one_json_log_line_per_request_with_request_id(app, caplog):
 # ----------------------------------------------------------------------------- init failures
 def test_missing_index_answers_503_with_how_to_fix_then_recovers(tmp_path, settings, tiny_encoder):
     empty = tmp_path / "nothing-here"
-    s = Settings(**{**settings.__dict__, "index_path": str(empty)})
+    s = replace(settings, index=replace(settings.index, path=str(empty)))
     app = App(s, encoder=tiny_encoder, retry_init_s=3600)
     for event in ({"query": "x", "input_type": "text"}, proxy_event(None, method="GET", path="/health")):
         status, headers, body = call(app, event)
@@ -320,14 +344,15 @@ def test_missing_index_answers_503_with_how_to_fix_then_recovers(tmp_path, setti
 def test_model_mismatch_answers_503(tmp_path, settings, tiny_encoder):
     other = FaissIndex(tmp_path / "other", model_id="openai/clip-vit-base-patch32", dim=512)
     other.upsert([]), other.save()
-    app = App(Settings(**{**settings.__dict__, "index_path": str(tmp_path / "other")}), encoder=tiny_encoder)
+    app = App(replace(settings, index=replace(settings.index, path=str(tmp_path / "other"))), encoder=tiny_encoder)
     status, _, body = call(app, {"query": "x", "input_type": "text"})
     assert status == 503 and body["error"]["code"] == "model_mismatch"
     assert "clip-vit-base-patch32" in body["error"]["message"] and "re-ingest" in body["error"]["message"]
 
 
 def test_unloadable_model_and_bad_settings_answer_503_not_crash(tmp_path):
-    app = App(Settings(model_path=str(tmp_path / "no-model"), index_path=str(tmp_path)), retry_init_s=3600)
+    app = App(Settings(model=ModelSettings(path=str(tmp_path / "no-model")), index=IndexSettings(path=str(tmp_path))),
+              retry_init_s=3600)
     status, _, body = call(app, {"query": "x", "input_type": "text"})
     assert status == 503 and body["error"]["code"] == "init_failed" and "no-model" in body["error"]["message"]
     app = App.from_env({"TORCH_THREADS": "many"})
@@ -358,13 +383,13 @@ def test_an_unexpected_bug_is_a_logged_500_without_details(settings, tiny_encode
 @pytest.mark.parametrize("preload", [False, True])
 def test_image_tower_loads_lazily_unless_preloaded(settings, preload):
     """The app builds its own encoder here (no fixture): text tower at init, vision on first use."""
-    app = App(Settings(**{**settings.__dict__, "preload_image_tower": preload, "threads": None}))
+    app = App(replace(settings, model=replace(settings.model, preload_image_tower=preload, threads=None)))
     health = call(app, proxy_event(None, method="GET", path="/health"))[2]
     assert health["towers"] == (["text", "vision"] if preload else ["text"])
     status, _, body = search(app, query=base64.b64encode(make_image(2, size=(48, 64))).decode(), input_type="image", k=1)
     assert status == 200 and body["results"][0]["id"] == "doc02"
     assert call(app, proxy_event(None, method="GET", path="/health"))[2]["towers"] == ["text", "vision"]
-    assert app.settings.threads == 1  # TORCH_THREADS unset: one thread for a single query
+    assert app.settings.model.threads == 1  # TORCH_THREADS unset: one thread for a single query
 
 
 @pytest.mark.parametrize("encoder, cpus, env, expected", [
@@ -396,7 +421,7 @@ def test_onnx_app_takes_its_thread_count_from_the_cpu_share(monkeypatch, setting
         raise RuntimeError("stop here")  # the thread count is all this test needs
 
     monkeypatch.setattr("clipsearch.models.load_encoder", fake_load_encoder)
-    app = App(Settings(**{**settings.__dict__, "encoder": "onnx", "threads": None}))
+    app = App(replace(settings, model=replace(settings.model, encoder="onnx", threads=None)))
     assert built["threads"] == 1 and app.init_error is not None
 
 

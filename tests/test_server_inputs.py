@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings as hsettings
 from hypothesis import strategies as st
 from server_support import build_index, proxy_event, reply
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, LimitSettings, ModelSettings, Settings
 from server.app import App
 from server.fetch import SafeFetcher
 
@@ -26,8 +26,8 @@ MAX_IMAGE_BYTES = 1_000_000
 def app(tmp_path_factory, tiny_encoder, tiny_model_dir) -> App:
     path = tmp_path_factory.mktemp("inputs") / "index"
     build_index(path, tiny_encoder)
-    s = Settings(model_path=str(tiny_model_dir), index_path=str(path), threads=1,
-                 max_image_bytes=MAX_IMAGE_BYTES, max_image_pixels=4_000_000)
+    s = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1), index=IndexSettings(path=str(path)),
+                 limits=LimitSettings(max_image_bytes=MAX_IMAGE_BYTES, max_image_pixels=4_000_000))
     return App(s, encoder=tiny_encoder)
 
 

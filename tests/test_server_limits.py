@@ -12,8 +12,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from clipsearch.config import DEFAULT_MAX_IMAGE_BYTES, EVENT_ENVELOPE_BYTES, LAMBDA_PAYLOAD_BYTES, Settings
-from server.gateway import Gateway, Invoker, rest_event
+from clipsearch.config import DEFAULT_MAX_IMAGE_BYTES, EVENT_ENVELOPE_BYTES, LAMBDA_PAYLOAD_BYTES, LimitSettings, Settings
+from server.local.gateway import Gateway, rest_event
+from server.local.invoker import Invoker
 
 # API Gateway caps the header values of a REST API request at 10,240 bytes in all ("Total
 # combined size of all header values", API Gateway quotas); the event carries them twice.
@@ -26,7 +27,7 @@ def event_bytes(body: bytes, headers: dict[str, str]) -> int:
 
 
 def test_the_default_image_limit_is_what_fits_a_lambda_invocation():
-    assert Settings().max_image_bytes == Settings.from_env({}).max_image_bytes == DEFAULT_MAX_IMAGE_BYTES
+    assert LimitSettings().max_image_bytes == Settings.from_env({}).limits.max_image_bytes == DEFAULT_MAX_IMAGE_BYTES
     image = b"\xff" * DEFAULT_MAX_IMAGE_BYTES
     as_json = json.dumps({"query": base64.b64encode(image).decode(), "input_type": "image", "k": 100,
                           "min_score": -0.25, "filters": {"orientation": "landscape"}}).encode()

@@ -113,3 +113,46 @@ def test_another_program_answering_on_the_port_is_not_our_server():
             demo.wait_ready(proc, f"http://127.0.0.1:{other.server_address[1]}/health", 2)
     finally:
         proc.kill(), proc.wait(), other.shutdown(), other.server_close()
+
+
+# ------------------------------------------------------------------------- the function's environment
+def test_the_function_sees_what_it_is_given_not_the_shell_s_variables(monkeypatch, tmp_path):
+    from server.local import LocalLambda
+
+    monkeypatch.setenv("ENCODER", "onnx")
+    monkeypatch.setenv("BACKEND", "opensearch")
+    monkeypatch.setenv("SOME_TOKEN", "not-for-the-function")
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    env = LocalLambda({"INDEX_PATH": str(tmp_path), "PYTHONPATH": str(tmp_path)}).process_env()
+    assert not {"ENCODER", "BACKEND", "SOME_TOKEN"} & set(env)
+    assert env["INDEX_PATH"] == str(tmp_path) and env["PATH"] == os.environ["PATH"] and env["LANG"] == "C.UTF-8"
+    assert env["PYTHONPATH"] == os.pathsep.join((str(REPO), str(tmp_path)))
+    assert env["HF_HUB_OFFLINE"] == "1" and LocalLambda({"HF_HUB_OFFLINE": "0"}).process_env()["HF_HUB_OFFLINE"] == "0"
+
+
+def test_python_m_server_local_hands_on_the_shell_s_configuration_only():
+    from server.local.stack import shell_configuration
+
+    shell = {"INDEX_PATH": "/srv/index", "ENCODER": "onnx", "OPENSEARCH_URL": "https://os.example",
+             "AWS_PROFILE": "dev", "HF_HOME": "/cache/hf", "CLIPSEARCH_API_URL": "http://x/search",
+             "DEMO_UI_PORT": "8501", "EDITOR": "vi", "PYTHONPATH": "/elsewhere"}
+    assert shell_configuration(shell) == {"INDEX_PATH": "/srv/index", "ENCODER": "onnx",
+                                          "OPENSEARCH_URL": "https://os.example", "AWS_PROFILE": "dev",
+                                          "HF_HOME": "/cache/hf"}
+
+
+@pytest.mark.e2e
+def test_an_exported_encoder_or_backend_does_not_change_a_stack_s_function(monkeypatch, tmp_path, tiny_encoder,
+                                                                           tiny_model_dir):
+    from server_support import build_index
+
+    from server.local import LocalLambda
+
+    build_index(tmp_path / "index", tiny_encoder, n=3)
+    monkeypatch.setenv("ENCODER", "tensorflow")  # not a valid value: the function would answer 503
+    monkeypatch.setenv("BACKEND", "opensearch")
+    env = {"MODEL_PATH": str(tiny_model_dir), "INDEX_PATH": str(tmp_path / "index"), "TORCH_THREADS": "1"}
+    with LocalLambda(env=env, log=tmp_path / "log") as stack:
+        assert stack.ready_status == 200, (tmp_path / "log").read_text()[-2000:]
+        assert stack.invoke({"query": "two dogs", "input_type": "text"})["statusCode"] == 200

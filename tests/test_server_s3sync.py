@@ -11,7 +11,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from server_support import build_index
 
-from clipsearch.config import Settings
+from clipsearch.config import IndexSettings, ModelSettings, Settings
 from clipsearch.errors import BackendUnavailable, IndexMissing
 from clipsearch.index.faiss_index import FaissIndex
 from server.app import App
@@ -118,8 +118,51 @@ def test_app_copies_from_s3_at_init(s3, local_index, tmp_path, tiny_encoder, mon
     client, stub = s3
     expect_index(stub, local_index, bucket="idx-bucket", prefix="index")
     monkeypatch.setattr(boto3, "client", lambda service, **kw: client if service == "s3" else None)
-    settings = Settings(model_path=str(tiny_model_dir), index_path=str(tmp_path / "tmp-index"),
-                        index_s3_uri="s3://idx-bucket/index", threads=1)
+    settings = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                        index=IndexSettings(path=str(tmp_path / "tmp-index"), s3_uri="s3://idx-bucket/index"))
     app = App(settings, encoder=tiny_encoder)
     out = app.handle({"query": "two dogs", "input_type": "text"}, None)
     assert out["statusCode"] == 200 and json.loads(out["body"])["count"] == 5
+
+
+def test_a_damaged_download_is_fetched_again_on_the_next_init(s3, local_index, tmp_path, tiny_encoder, monkeypatch,
+                                                              tiny_model_dir):
+    """A copy whose bytes differ from its manifest's checksums is refused (503 index_corrupt) and
+    discarded, so the next init attempt downloads it again rather than answering 503 for ever."""
+    client, stub = s3
+    gen = json.loads((local_index / "manifest.json").read_bytes())["generation"]
+    damaged = bytearray((local_index / gen / "vectors.npy").read_bytes())
+    damaged[-3] ^= 0x10
+    manifest = (local_index / "manifest.json").read_bytes()
+    stub.add_response("get_object", {"Body": body(manifest)}, {"Bucket": "b", "Key": "idx/manifest.json"})
+    files = sorted((local_index / gen).iterdir())
+    stub.add_response("list_objects_v2", {"Contents": [{"Key": f"idx/{gen}/{f.name}"} for f in files],
+                                          "IsTruncated": False}, {"Bucket": "b", "Prefix": f"idx/{gen}/"})
+    for f in files:
+        data = bytes(damaged) if f.name == "vectors.npy" else f.read_bytes()  # flipped in transit
+        stub.add_response("get_object", {"Body": body(data)}, {"Bucket": "b", "Key": f"idx/{gen}/{f.name}"})
+    monkeypatch.setattr(boto3, "client", lambda service, **kw: client if service == "s3" else None)
+    settings = Settings(model=ModelSettings(path=str(tiny_model_dir), threads=1),
+                        index=IndexSettings(path=str(tmp_path / "tmp-index"), s3_uri="s3://b/idx"))
+    app = App(settings, encoder=tiny_encoder, retry_init_s=3600)
+    out = app.handle({"query": "two dogs", "input_type": "text"}, None)
+    assert out["statusCode"] == 503 and json.loads(out["body"])["error"]["code"] == "index_corrupt"
+    assert not (tmp_path / "tmp-index" / "manifest.json").exists() and not (tmp_path / "tmp-index" / gen).exists()
+    expect_index(stub, local_index)  # the next attempt downloads every file again, intact this time
+    app.retry_init_s = 0
+    out = app.handle({"query": "two dogs", "input_type": "text"}, None)
+    assert out["statusCode"] == 200 and json.loads(out["body"])["count"] == 5
+
+
+def test_discard_removes_only_the_copy_s_own_generation(tmp_path):
+    from server.s3sync import discard
+
+    (tmp_path / "gen-000002").mkdir()
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "manifest.json").write_text(json.dumps({"generation": "gen-000002"}))
+    discard(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"generation": "../keep"}))  # never outside
+    discard(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    discard(tmp_path / "absent")  # nothing there: nothing to do

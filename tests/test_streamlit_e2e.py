@@ -2,7 +2,7 @@
 (Debian's chromium + chromium-driver, through Selenium).
 
 - against what `make demo` runs: photos generated in a tmp dir, `python -m ingest folder` with
-  the tiny CLIP model into an embedded FAISS index, and the local stack (server.local.LocalStack:
+  the tiny CLIP model into an embedded FAISS index, and the local stack (server.local.LocalLambda:
   the Lambda emulator running the handler, and the gateway): type a query, submit, wait for the
   result images, screenshot, then "More like this";
 - against the HTTP stub: the "warming up" notice shows while a cold start is retried.
@@ -119,7 +119,7 @@ def search_api(tmp_path_factory, tiny_model_dir) -> Iterator[str]:
     then the local stack (Lambda emulator running the handler, and the gateway) serving that
     embedded index; yields the gateway's POST /search URL."""
     from ingest.cli import main as ingest
-    from server.local import LocalStack
+    from server.local import LocalLambda
 
     root = tmp_path_factory.mktemp("e2e")
     (root / "photos").mkdir()
@@ -131,7 +131,7 @@ def search_api(tmp_path_factory, tiny_model_dir) -> Iterator[str]:
             mp.setenv(name, value)
         assert ingest(["folder", str(root / "photos"), "--no-cache", "--decode-workers", "0", "--threads", "1",
                        "--quiet"]) == 0
-    with LocalStack(env=env, log=root / "stack.log", startup_timeout_s=60) as stack, \
+    with LocalLambda(env=env, log=root / "stack.log", startup_timeout_s=60) as stack, \
             pytest.MonkeyPatch.context() as mp:
         assert stack.ready_status == 200, (root / "stack.log").read_text(errors="replace")[-3000:]
         # Results carry paths relative to the ingested folder: the page finds the files there, as

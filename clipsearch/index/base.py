@@ -8,6 +8,7 @@ from typing import Any, ContextManager, Iterable, Protocol, Sequence, runtime_ch
 import numpy as np
 
 from clipsearch.errors import InvalidInput, ModelMismatch
+from clipsearch.index.filters import Filters
 
 # Stored vectors are L2-normalised float32: their norms are 1 to within ~1e-6 even at 4096
 # dimensions. A row further off than this was not written by an encoder (damage, a bad cache).
@@ -41,10 +42,11 @@ class VectorIndex(Protocol):
         self,
         vector: np.ndarray,
         k: int = 10,
-        filters: dict[str, Any] | None = None,
+        filters: dict[str, Any] | Filters | None = None,
         min_score: float | None = None,
     ) -> list[Hit]:
-        """The k nearest documents by cosine, best first, among those matching `filters`."""
+        """The k nearest documents by cosine, best first, among those matching `filters` (a
+        filters object, or one already parsed by `parse_filters`)."""
 
     def get(self, doc_id: str) -> Document:
         """The stored document, vector included; raises NotFound."""
@@ -145,3 +147,12 @@ def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InvalidInput(f"k must be a positive integer, got {k!r}")
     return int(k)
+
+
+def check_min_score(min_score) -> float | None:
+    """A cosine threshold in [-1, 1], or None for none."""
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not -1.0 <= min_score <= 1.0:
+        raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
+    return float(min_score)

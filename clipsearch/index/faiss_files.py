@@ -27,7 +27,10 @@ from clipsearch.index.base import UNIT_TOLERANCE
 from clipsearch.schema import has_surrogates, json_safe
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+# The index's manifest, beside its generations: which generation is live, the model and each
+# file's checksum (the model's own file is clipsearch.models.card.CARD_FILE, another thing).
+INDEX_MANIFEST = "manifest.json"
+GENERATION_FILES = ("vectors.npy", "ids.json", "metadata.jsonl")  # in every generation (hnsw.faiss when large)
 GENERATION = re.compile(r"gen-\d{6}")
 # A JSON escape of a UTF-16 surrogate ("\ud83d"): only a row holding one can parse to a string
 # that UTF-8 cannot encode, so only such rows are walked (json_safe) at load.
@@ -45,10 +48,10 @@ def file_entry(path: Path) -> dict[str, Any]:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """The validated manifest of the index at `path`; IndexMissing or IndexCorrupt otherwise."""
-    file = path / MANIFEST
+    file = path / INDEX_MANIFEST
     if not file.is_file():
         raise IndexMissing(
-            f"no embedded index at {path} (no {MANIFEST}): create it with "
+            f"no embedded index at {path} (no {INDEX_MANIFEST}): create it with "
             f"`python -m ingest unsplash --index {path}` or `python -m ingest folder PHOTOS --index {path}`"
         )
     try:

@@ -33,11 +33,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from clipsearch.errors import IndexMissing, InvalidInput, NotFound
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, checked_vectors
+from clipsearch.errors import IndexCorrupt, IndexMissing, InvalidInput, NotFound
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_min_score, check_model, checked_vectors
 from clipsearch.index.faiss_files import (
     FORMAT_VERSION,
-    MANIFEST,
+    INDEX_MANIFEST,
     Generation,
     check_unit_rows,
     file_entry,
@@ -45,7 +45,7 @@ from clipsearch.index.faiss_files import (
     parse_metadata,
     read_manifest,
 )
-from clipsearch.index.filters import filter_mask, parse_filters
+from clipsearch.index.filters import Filters, filter_mask, parse_filters
 from clipsearch.index.half import HalfVectors
 from clipsearch.schema import json_safe
 
@@ -163,7 +163,7 @@ class FaissIndex:
     @classmethod
     def open(cls, path: str | Path, *, model_id: str, dim: int, **opts) -> "FaissIndex":
         """Load the index at `path` if there is one (checking its model), else start an empty one."""
-        if (Path(path) / MANIFEST).is_file():
+        if (Path(path) / INDEX_MANIFEST).is_file():
             index = cls.load(path, **opts)
             check_model(index, model_id, dim)
             return index
@@ -275,7 +275,7 @@ class FaissIndex:
                 "files": files,
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            _atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+            _atomic_write(self.path / INDEX_MANIFEST, json.dumps(manifest, indent=2).encode())
             _fsync_dir(self.path)
             for old in self.path.glob("gen-*"):
                 if old.name != gen_name:
@@ -311,13 +311,12 @@ class FaissIndex:
                        "hnsw_threshold": self.hnsw_threshold} if hnsw else {},
         }
 
-    def search(self, vector, k: int = 10, filters: dict | None = None, min_score: float | None = None) -> list[Hit]:
+    def search(self, vector, k: int = 10, filters: dict | Filters | None = None,
+               min_score: float | None = None) -> list[Hit]:
         k = check_k(k)
         q = as_query_vector(vector, self.dim)
         conds = parse_filters(filters)
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                      or not -1.0 <= min_score <= 1.0):
-            raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
+        min_score = check_min_score(min_score)
         with self._lock:
             n = self._n
             if n == 0:

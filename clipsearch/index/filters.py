@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -32,10 +32,29 @@ class Condition:
     ranges: tuple[tuple[str, float], ...] = ()
 
 
-def parse_filters(filters: Any) -> list[Condition]:
+@dataclass(frozen=True)
+class Filters:
+    """A filters object validated into conditions, all of which must hold. A backend given one
+    takes it as it is: a request's filters are parsed once, at the edge."""
+
+    conditions: tuple[Condition, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.conditions)
+
+    def __iter__(self) -> Iterator[Condition]:
+        return iter(self.conditions)
+
+    def __len__(self) -> int:
+        return len(self.conditions)
+
+
+def parse_filters(filters: Any) -> Filters:
     """Validate a filters object into conditions; InvalidInput says what to fix."""
+    if isinstance(filters, Filters):
+        return filters
     if filters is None:
-        return []
+        return Filters()
     if not isinstance(filters, dict):
         raise InvalidInput(f"filters must be an object mapping field to value, got {type(filters).__name__}")
     conds = []
@@ -43,7 +62,7 @@ def parse_filters(filters: Any) -> list[Condition]:
         if not isinstance(name, str) or not _FIELD.match(name):
             raise InvalidInput(f"filter field {show(name)} is not a valid field name")
         conds.append(_parse_one(name, spec))
-    return conds
+    return Filters(tuple(conds))
 
 
 def show(value: Any, limit: int = 60) -> str:
@@ -150,7 +169,7 @@ def _as_num(c: Any) -> float:
     return math.nan
 
 
-def filter_mask(metadata: list[dict], conds: list[Condition], columns: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def filter_mask(metadata: list[dict], conds: Filters, columns: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """A boolean mask over `metadata` rows matching every condition."""
     mask = np.ones(len(metadata), dtype=bool)
     for cond in conds:

@@ -23,19 +23,20 @@ import contextlib
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from clipsearch.config import Settings
+from clipsearch.config import OpenSearchSettings
 from clipsearch.errors import BackendUnavailable, ClipsearchError, DocumentsRejected, IndexMissing, InvalidInput, \
     ModelMismatch, NotFound
 from clipsearch.index import opensearch_alias as alias_ops
 from clipsearch.index import opensearch_ids as lookup
 from clipsearch.index import opensearch_load as load
 from clipsearch.index import opensearch_mapping as om
-from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_model, id_problem
-from clipsearch.index.filters import parse_filters
+from clipsearch.index.base import Document, Hit, as_query_vector, check_k, check_min_score, check_model, id_problem
+from clipsearch.index.filters import Filters, parse_filters
 from clipsearch.index.opensearch_bulk import Action, BulkWriter
 from clipsearch.index.opensearch_errors import INGEST_HINT, translate_errors
 
@@ -45,21 +46,46 @@ PAGE = 1000
 ON_DISK_OVERSAMPLE = 5.0
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a physical index's mapping records: the model of its vectors and how they are stored."""
+
+    name: str
+    model_id: str
+    dim: int
+    data_type: str = "float"
+    byte_scale: float | None = None
+    engine: str = "faiss"
+    mode: str | None = None
+    compression: str | None = None
+    replicas: int | None = None  # the serving replicas recorded at creation (None: not recorded)
+
+    @classmethod
+    def of(cls, name: str, mapping: dict) -> "Layout":
+        meta = alias_ops.meta_of(mapping)
+        vector = mapping.get("properties", {}).get(om.VECTOR_FIELD, {})
+        if not meta.get("model_id") or not isinstance(meta.get("dim"), int):
+            raise IndexMissing(f"OpenSearch index {name!r} was not created by clipsearch (no model in its _meta): "
+                               f"point OPENSEARCH_INDEX elsewhere or re-ingest")
+        method = vector.get("method", {})
+        return cls(name, meta["model_id"], meta["dim"],
+                   data_type=meta.get("data_type") or vector.get("data_type", "float"),
+                   byte_scale=meta.get("byte_scale"), engine=method.get("engine", "faiss"), mode=vector.get("mode"),
+                   compression=vector.get("compression_level"),
+                   replicas=meta["replicas"] if isinstance(meta.get("replicas"), int) else None)
+
+
 class OpenSearchIndex:
     backend = "opensearch"
 
-    def __init__(self, client, *, alias: str, index: str, model_id: str, dim: int, data_type: str = "float",
-                 byte_scale: float | None = None, ef_search: int = 128, engine: str = "faiss",
-                 mode: str | None = None, compression: str | None = None, url: str = "",
-                 live: str | None = None, force_merge: bool = False, service: str = "es",
-                 timeout: float = 10.0, bulk: BulkWriter | None = None, serving_replicas: int = 1,
-                 merge_wait_s: float = load.MERGE_WAIT_S, settle_wait_s: float = load.SETTLE_WAIT_S):
-        self.client, self.alias, self.index = client, alias, index
-        self.model_id, self.dim = model_id, int(dim)
-        self.data_type, self.byte_scale = data_type, byte_scale
-        self.ef_search, self.engine, self.mode, self.compression = ef_search, engine, mode, compression
-        self.url, self.force_merge, self.service, self.timeout = url, force_merge, service, timeout
-        self.serving_replicas = serving_replicas
+    def __init__(self, client, settings: OpenSearchSettings, layout: Layout, *, live: str | None = None,
+                 bulk: BulkWriter | None = None, merge_wait_s: float = load.MERGE_WAIT_S,
+                 settle_wait_s: float = load.SETTLE_WAIT_S):
+        self.client, self.settings = client, settings
+        self.alias, self.url, self.service = settings.index, settings.url or "", settings.service
+        self.ef_search, self.force_merge = settings.ef_search, settings.force_merge
+        self._use(layout)
+        self.serving_replicas = layout.replicas if layout.replicas is not None else settings.replicas
         self.merge_wait_s, self.settle_wait_s = merge_wait_s, settle_wait_s
         self._live = live  # the physical index the alias pointed at when opened (None: no alias yet)
         self.bulk = bulk or BulkWriter(client)
@@ -70,6 +96,13 @@ class OpenSearchIndex:
         self._removed: set[str] = set()
         self._lock = threading.Lock()
 
+    def _use(self, layout: Layout) -> None:
+        """Read and write the physical index `layout` describes."""
+        self.layout, self.index = layout, layout.name
+        self.model_id, self.dim = layout.model_id, int(layout.dim)
+        self.data_type, self.byte_scale = layout.data_type, layout.byte_scale
+        self.engine, self.mode, self.compression = layout.engine, layout.mode, layout.compression
+
     @property
     def assigns_ids(self) -> bool:
         """Serverless assigns `_id`: clipsearch's id lives only in the doc_id field."""
@@ -77,28 +110,26 @@ class OpenSearchIndex:
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def from_settings(cls, settings: Settings, model_id: str | None = None, dim: int | None = None,
+    def from_settings(cls, settings: OpenSearchSettings, model_id: str | None = None, dim: int | None = None,
                       *, client=None, **opts) -> "OpenSearchIndex":
         """Without `model_id` (the server): the alias must exist; the caller checks the model.
-        With `model_id` and `dim` (ingest): the index for that model, created when needed."""
+        With `model_id` and `dim` (ingest): the index for that model, created when needed.
+        `opts`: the constructor's keywords (bulk writer, waits)."""
         from clipsearch.index.opensearch_client import get_client
 
         client = client if client is not None else get_client(settings)
-        alias, url = settings.opensearch_index, settings.opensearch_url or ""
-        common = dict(url=url, force_merge=settings.opensearch_force_merge, service=settings.opensearch_service,
-                      timeout=settings.opensearch_timeout, ef_search=settings.opensearch_ef_search,
-                      serving_replicas=settings.opensearch_replicas, **opts)
+        alias, url = settings.index, settings.url or ""
         with translate_errors("reading the index mapping", alias, url):
             live = alias_ops.mappings(client, alias)
         live_name = alias_ops.choose(alias, live)
         if model_id is None:
             if live_name is None:
                 raise IndexMissing(f"OpenSearch index {alias!r} does not exist at {url}: create it with {INGEST_HINT}")
-            return cls._from_mapping(client, alias, live_name, live[live_name], live=live_name, **common)
+            return cls(client, settings, Layout.of(live_name, live[live_name]), live=live_name, **opts)
         if dim is None or dim < 1:
             raise ValueError("dim is required with model_id")
         if live_name is not None:
-            index = cls._from_mapping(client, alias, live_name, live[live_name], live=live_name, **common)
+            index = cls(client, settings, Layout.of(live_name, live[live_name]), live=live_name, **opts)
             if index.model_id == model_id and index.dim == dim:
                 return index
             if live_name == alias:  # a concrete index, not an alias: there is nothing to swap
@@ -112,46 +143,25 @@ class OpenSearchIndex:
             meta = alias_ops.meta_of(candidates[name])
             if meta.get("model_id") == model_id and meta.get("dim") == dim and meta.get("alias") == alias:
                 log.info("resuming the unfinished index %s for model %s", name, model_id)
-                return cls._from_mapping(client, alias, name, candidates[name], live=live_name, **common)
-        return cls.create(client, settings, model_id=model_id, dim=dim, live=live_name, **common)
+                return cls(client, settings, Layout.of(name, candidates[name]), live=live_name, **opts)
+        return cls.create(client, settings, model_id=model_id, dim=dim, live=live_name, **opts)
 
     @classmethod
-    def create(cls, client, settings: Settings, *, model_id: str, dim: int, live: str | None = None,
-               **common) -> "OpenSearchIndex":
-        name = om.physical_name(settings.opensearch_index, model_id, dim)
-        service = settings.opensearch_service
-        body = om.index_body(
-            model_id=model_id, dim=dim, alias=settings.opensearch_index, engine=settings.opensearch_engine,
-            m=settings.opensearch_m, ef_construction=settings.opensearch_ef_construction,
-            ef_search=settings.opensearch_ef_search, data_type=settings.opensearch_data_type,
-            mode=settings.opensearch_mode, compression=settings.opensearch_compression,
-            shards=settings.opensearch_shards, replicas=settings.opensearch_replicas, service=service)
-        if service == "aoss":
+    def create(cls, client, settings: OpenSearchSettings, *, model_id: str, dim: int, live: str | None = None,
+               **opts) -> "OpenSearchIndex":
+        """A new physical index for the model, with the settings' engine, graph and storage parameters."""
+        name = om.physical_name(settings.index, model_id, dim)
+        body = om.index_body(model_id=model_id, dim=dim, settings=settings)
+        if settings.service == "aoss":
             # Serverless manages shards and replicas itself ("you don't have to manage capacity
             # yourself", developer guide, "Managing capacity limits"); whether it accepts these
             # settings is not known, so they are not sent.
             for key in ("number_of_shards", "number_of_replicas"):
                 body["settings"]["index"].pop(key)
-        with translate_errors("creating the index", name, common.get("url", "")):
+        with translate_errors("creating the index", name, settings.url or ""):
             client.indices.create(index=name, body=body)
         log.info("created OpenSearch index %s for model %s (%d-d)", name, model_id, dim)
-        return cls._from_mapping(client, settings.opensearch_index, name, body["mappings"], live=live, **common)
-
-    @classmethod
-    def _from_mapping(cls, client, alias: str, name: str, mapping: dict, **common) -> "OpenSearchIndex":
-        meta = alias_ops.meta_of(mapping)
-        vector = mapping.get("properties", {}).get(om.VECTOR_FIELD, {})
-        if not meta.get("model_id") or not isinstance(meta.get("dim"), int):
-            raise IndexMissing(f"OpenSearch index {name!r} was not created by clipsearch (no model in its _meta): "
-                               f"point OPENSEARCH_INDEX elsewhere or re-ingest")
-        if isinstance(meta.get("replicas"), int):
-            common["serving_replicas"] = meta["replicas"]
-        method = vector.get("method", {})
-        return cls(client, alias=alias, index=name, model_id=meta["model_id"], dim=meta["dim"],
-                   data_type=meta.get("data_type") or vector.get("data_type", "float"),
-                   byte_scale=meta.get("byte_scale"),
-                   engine=method.get("engine", "faiss"), mode=vector.get("mode"),
-                   compression=vector.get("compression_level"), **common)
+        return cls(client, settings, Layout.of(name, body["mappings"]), live=live, **opts)
 
     def _guard(self, what: str):
         return translate_errors(what, self.index, self.url)
@@ -338,14 +348,13 @@ class OpenSearchIndex:
         name = alias_ops.choose(self.alias, live) if live else None
         if name is None or name == self.index:
             return False
-        now = self._from_mapping(self.client, self.alias, name, live[name], live=name)
+        now = Layout.of(name, live[name])
         if (now.model_id, now.dim) != (self.model_id, self.dim):  # its vectors are not comparable with ours
             raise ModelMismatch(now.model_id, now.dim, self.model_id, self.dim)
         log.warning("index %s is gone; alias %s now points at %s (same model): following it", self.index,
                     self.alias, name)
-        self.index, self._live = name, name
-        self.data_type, self.byte_scale = now.data_type, now.byte_scale
-        self.engine, self.mode, self.compression = now.engine, now.mode, now.compression
+        self._use(now)
+        self._live = name
         return True
 
     def count(self) -> int:
@@ -411,18 +420,17 @@ class OpenSearchIndex:
                 "params": {"engine": self.engine, "ef_search": self.ef_search, "data_type": self.data_type,
                            "mode": self.mode, "compression": self.compression}}
 
-    def search(self, vector, k: int = 10, filters: dict | None = None, min_score: float | None = None) -> list[Hit]:
+    def search(self, vector, k: int = 10, filters: dict | Filters | None = None,
+               min_score: float | None = None) -> list[Hit]:
         return self._following(lambda: self._search(vector, k, filters, min_score))
 
-    def _search(self, vector, k: int, filters: dict | None, min_score: float | None) -> list[Hit]:
+    def _search(self, vector, k: int, filters: dict | Filters | None, min_score: float | None) -> list[Hit]:
         k = check_k(k)
         if k > MAX_K:
             raise InvalidInput(f"k must be at most {MAX_K}, got {k}")
         q = as_query_vector(vector, self.dim)
         clauses = om.filter_clauses(parse_filters(filters))
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                      or not -1.0 <= min_score <= 1.0):
-            raise InvalidInput(f"min_score must be a number between -1 and 1, got {min_score!r}")
+        min_score = check_min_score(min_score)
         knn: dict[str, Any] = {"vector": om.encode_vector(q, self.data_type, self.byte_scale), "k": k,
                                "method_parameters": {"ef_search": max(self.ef_search, k)}}
         if om.rescored(self.mode, self.compression):

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 from clipsearch.errors import ClipsearchError, IndexMissing
+from clipsearch.index.opensearch_errors import Guard
 
 log = logging.getLogger("clipsearch.index.opensearch")
-Guard = Callable[[str], ContextManager[None]]
 STAMP = re.compile(r"-(\d{17})$")  # opensearch_mapping.physical_name's timestamp, to the millisecond
 
 

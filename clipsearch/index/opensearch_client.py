@@ -19,31 +19,31 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
-from clipsearch.config import Settings
+from clipsearch.config import OpenSearchSettings
 
 AUTH_MODES = ("none", "basic", "sigv4")
 _CLIENTS: dict[tuple, object] = {}
 _LOCK = threading.Lock()
 
 
-def _check(settings: Settings) -> None:
-    if not settings.opensearch_url:
+def _check(settings: OpenSearchSettings) -> None:
+    if not settings.url:
         raise ValueError("OPENSEARCH_URL is not set: give the endpoint, e.g. https://search-xyz.eu-west-1.es.amazonaws.com")
-    parts = urlsplit(settings.opensearch_url)
+    parts = urlsplit(settings.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"OPENSEARCH_URL must be an http(s) URL, got {settings.opensearch_url!r}")
-    if settings.opensearch_auth not in AUTH_MODES:
-        raise ValueError(f"OPENSEARCH_AUTH must be one of {', '.join(AUTH_MODES)}, got {settings.opensearch_auth!r}")
-    if settings.opensearch_auth == "basic" and not (settings.opensearch_user and settings.opensearch_password):
+        raise ValueError(f"OPENSEARCH_URL must be an http(s) URL, got {settings.url!r}")
+    if settings.auth not in AUTH_MODES:
+        raise ValueError(f"OPENSEARCH_AUTH must be one of {', '.join(AUTH_MODES)}, got {settings.auth!r}")
+    if settings.auth == "basic" and not (settings.user and settings.password):
         raise ValueError("OPENSEARCH_AUTH=basic needs OPENSEARCH_USER and OPENSEARCH_PASSWORD")
-    if settings.opensearch_auth == "sigv4":
-        if settings.opensearch_service not in ("es", "aoss"):
-            raise ValueError(f"OPENSEARCH_SERVICE must be 'es' or 'aoss', got {settings.opensearch_service!r}")
-        if not settings.aws_region:
+    if settings.auth == "sigv4":
+        if settings.service not in ("es", "aoss"):
+            raise ValueError(f"OPENSEARCH_SERVICE must be 'es' or 'aoss', got {settings.service!r}")
+        if not settings.region:
             raise ValueError("OPENSEARCH_AUTH=sigv4 needs AWS_REGION")
 
 
-def _sigv4_auth(settings: Settings, credentials=None):
+def _sigv4_auth(settings: OpenSearchSettings, credentials=None):
     from opensearchpy import Urllib3AWSV4SignerAuth
 
     if credentials is None:
@@ -53,19 +53,19 @@ def _sigv4_auth(settings: Settings, credentials=None):
         credentials = boto3.Session().get_credentials()
         if credentials is None:
             raise ValueError("OPENSEARCH_AUTH=sigv4 but the boto3 credential chain found no AWS credentials")
-    return Urllib3AWSV4SignerAuth(credentials, settings.aws_region, settings.opensearch_service)
+    return Urllib3AWSV4SignerAuth(credentials, settings.region, settings.service)
 
 
-def make_client(settings: Settings, *, credentials=None, max_retries: int = 1):
+def make_client(settings: OpenSearchSettings, *, credentials=None, max_retries: int = 1):
     """A new client. `credentials`: a botocore credentials object (tests); default the boto3 chain."""
     from opensearchpy import OpenSearch, Urllib3HttpConnection
 
     _check(settings)
-    parts = urlsplit(settings.opensearch_url)
+    parts = urlsplit(settings.url)
     auth = None
-    if settings.opensearch_auth == "basic":
-        auth = (settings.opensearch_user, settings.opensearch_password)
-    elif settings.opensearch_auth == "sigv4":
+    if settings.auth == "basic":
+        auth = (settings.user, settings.password)
+    elif settings.auth == "sigv4":
         auth = _sigv4_auth(settings, credentials)
     return OpenSearch(
         hosts=[{"host": parts.hostname, "port": parts.port or (443 if parts.scheme == "https" else 80),
@@ -74,7 +74,7 @@ def make_client(settings: Settings, *, credentials=None, max_retries: int = 1):
         verify_certs=True,
         http_auth=auth,
         connection_class=Urllib3HttpConnection,
-        timeout=settings.opensearch_timeout,
+        timeout=settings.timeout,
         # One quick retry covers a keep-alive connection the server closed while a Lambda container
         # was frozen; the bulk loader does its own retries with backoff on top.
         max_retries=max_retries,
@@ -83,10 +83,10 @@ def make_client(settings: Settings, *, credentials=None, max_retries: int = 1):
     )
 
 
-def get_client(settings: Settings):
+def get_client(settings: OpenSearchSettings):
     """The cached client for these settings (one per endpoint, auth and identity)."""
-    key = (settings.opensearch_url, settings.opensearch_auth, settings.opensearch_service,
-           settings.aws_region, settings.opensearch_user, settings.opensearch_password, settings.opensearch_timeout)
+    key = (settings.url, settings.auth, settings.service,
+           settings.region, settings.user, settings.password, settings.timeout)
     with _LOCK:
         client = _CLIENTS.get(key)
         if client is None:

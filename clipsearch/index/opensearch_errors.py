@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Callable, ContextManager
 
 from clipsearch.errors import BackendUnavailable, ClipsearchError, IndexMissing
 
 log = logging.getLogger("clipsearch.index.opensearch")
+# What the index's helpers take to run a request: `translate_errors` bound to an index and URL.
+Guard = Callable[[str], ContextManager[None]]
 INGEST_HINT = ("`python -m ingest unsplash --backend opensearch` (or `python -m ingest folder PATH "
                "--backend opensearch`)")
 

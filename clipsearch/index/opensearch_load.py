@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 from clipsearch.errors import BackendUnavailable, ClipsearchError
 from clipsearch.index import opensearch_ids as ids
 from clipsearch.index.opensearch_bulk import Action, BulkWriter
+from clipsearch.index.opensearch_errors import Guard
 
 log = logging.getLogger("clipsearch.index.opensearch")
-Guard = Callable[[str], ContextManager[None]]
 PAUSED = {"index.refresh_interval": "-1", "index.number_of_replicas": 0}
 # A force merge may take hours on a large index; past this bound the load completes anyway
 # (the merge goes on in the cluster) and the log says so.

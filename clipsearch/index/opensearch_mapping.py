@@ -1,6 +1,6 @@
 """What the OpenSearch index looks like, and how numbers cross the wire.
 
-- `index_body(...)`: settings and mapping of a new physical index. Only settings OpenSearch 3.x
+- `index_body(settings, ...)`: settings and mapping of a new physical index. Only settings OpenSearch 3.x
   still has (`index.knn`, `index.knn.algo_param.ef_search`); the space type lives in the field's
   method, never in the removed `index.knn.space_type`; no nmslib.
 - Scores: for `space_type: innerproduct` the faiss and lucene engines both turn the inner
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch import schema
+from clipsearch.config import OpenSearchSettings
 
 VECTOR_FIELD = "vector"
 ID_FIELD = "doc_id"  # the id again, as a sortable keyword: `ids()` pages with search_after on it
@@ -98,11 +99,12 @@ def physical_name(alias: str, model_id: str, dim: int, now: float | None = None)
     return f"{alias}-{slug}-{dim}-{stamp}"
 
 
-def index_body(*, model_id: str, dim: int, alias: str | None = None, engine: str = "faiss", m: int = 32,
-               ef_construction: int = 200, ef_search: int = 128, data_type: str = "float", mode: str | None = None,
-               compression: str | None = None, shards: int = 1, replicas: int = 1,
-               service: str = "es") -> dict[str, Any]:
-    check_options(engine, data_type, mode, compression, m, ef_construction, ef_search, service)
+def index_body(settings: OpenSearchSettings, *, model_id: str, dim: int) -> dict[str, Any]:
+    """A new index for the model's vectors, with the settings' alias, engine, graph and storage."""
+    engine, data_type, mode, compression = settings.engine, settings.data_type, settings.mode, settings.compression
+    m, ef_construction, ef_search = settings.m, settings.ef_construction, settings.ef_search
+    shards, replicas, alias = settings.shards, settings.replicas, settings.index
+    check_options(engine, data_type, mode, compression, m, ef_construction, ef_search, settings.service)
     vector: dict[str, Any] = {
         "type": "knn_vector", "dimension": dim,
         "method": {"name": "hnsw", "engine": engine, "space_type": "innerproduct",

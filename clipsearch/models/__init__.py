@@ -1,7 +1,7 @@
 """The model wing: families, encoders (torch and ONNX Runtime), the ONNX export, stand-ins.
 
     from clipsearch.models import load_encoder
-    encoder = load_encoder(Settings.from_env())   # the family comes from the checkpoint's config
+    encoder = load_encoder(ModelSettings.from_env())   # the family comes from the checkpoint's config
 
 Nothing here imports torch at import time: the ONNX query path stays torch-free.
 """

@@ -16,7 +16,7 @@ from clipsearch.models.card import ModelCard
 from clipsearch.models.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
-    from clipsearch.config import Settings
+    from clipsearch.config import ModelSettings
 
 
 @runtime_checkable
@@ -43,16 +43,16 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def load_encoder(settings: "Settings", *, load: Sequence[str] = ("text",), **kwargs) -> Encoder:
-    """The encoder the settings choose: torch (default) or ONNX Runtime, for the checkpoint's family."""
+def load_encoder(settings: "ModelSettings", *, load: Sequence[str] = ("text",), **kwargs) -> Encoder:
+    """The encoder the model settings choose: torch (default) or ONNX Runtime, for the checkpoint's family."""
     if settings.encoder == "onnx":
         from clipsearch.models.onnx_encoder import OnnxEncoder  # no torch import on this path
 
-        return OnnxEncoder(settings.onnx_path or settings.model_source, load=load, threads=settings.threads,
+        return OnnxEncoder(settings.onnx_path or settings.source, load=load, threads=settings.threads,
                            text_int8=settings.onnx_text_int8)
     if settings.encoder != "torch":
         raise ValueError(f"ENCODER must be 'torch' or 'onnx', got {settings.encoder!r}")
     from clipsearch.models.torch_encoder import TorchEncoder
 
-    explicit = settings.model_id if settings.model_path else None
-    return TorchEncoder(settings.model_source, model_id=explicit, threads=settings.threads, load=load, **kwargs)
+    explicit = settings.id if settings.path else None
+    return TorchEncoder(settings.source, model_id=explicit, threads=settings.threads, load=load, **kwargs)

@@ -42,7 +42,7 @@ TEXT_INT8_FILE = "text.int8.onnx"
 AUX_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "preprocessor_config.json")
 
 
-def load_tower(source: str, which: str, family: Family | None = None):
+def exportable_tower(source: str, which: str, family: Family | None = None):
     """One tower as a module returning the embeddings the encoder normalises, and the tower's
     config. The text module takes (input_ids, attention_mask) for a family that uses a mask and
     (input_ids) for one that attends to its padding; its `family` attribute says which."""
@@ -231,7 +231,7 @@ def export(
         if int8_text:
             quantize_text(out / TOWER_FILES["text"], out / TEXT_INT8_FILE)
     if "vision" in towers:
-        vision, vision_cfg = load_tower(source, "vision", family)
+        vision, vision_cfg = exportable_tower(source, "vision", family)
         size = int(vision_cfg.image_size)
         pixels = torch.zeros((1, 3, size, size), dtype=torch.float32)
         _export(vision, (pixels,), out / TOWER_FILES["vision"], ["pixel_values"], "image_embeds",
@@ -256,7 +256,7 @@ def export_text(source: str, family: Family, out: Path, opset: int) -> dict:
 
     from clipsearch.models.text_graph import PooledText
 
-    text, text_cfg = load_tower(source, "text", family)
+    text, text_cfg = exportable_tower(source, "text", family)
     longest = int(text_cfg.max_position_embeddings)
     # SigLIP's graph is traced at the length it always runs at; CLIP's at a short padded batch.
     width = longest if family.text.pad_to_max else 5

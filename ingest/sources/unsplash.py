@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from clipsearch.errors import ClipsearchError, IngestError
 from clipsearch.images import decode_image
 from clipsearch.schema import orientation
-from ingest.download import Downloader, DownloadFailed, RetryPolicy
+from ingest.download import Downloader, DownloadFailed, DownloadRetries
 from ingest.sources.base import Item, SourceContext
 
 DEFAULT_URL = "https://unsplash.com/data/lite/latest"
@@ -42,7 +42,7 @@ class UnsplashOptions:
     width: int = 480
     workers: int = 32
     limit: int | None = None
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    policy: DownloadRetries = field(default_factory=DownloadRetries)
     max_image_bytes: int = 50 * 1024 * 1024
 
 
@@ -195,7 +195,7 @@ def fetch_archive(opts: UnsplashOptions, downloader: Downloader, progress) -> Pa
     bar = progress.bar("archive")
     bar.unit, bar.unit_scale = "B", True
     try:
-        downloader.fetch(opts.dataset_url, archive, max_bytes=ARCHIVE_MAX_BYTES, check=check, on_bytes=bar.update)
+        downloader.download(opts.dataset_url, archive, max_bytes=ARCHIVE_MAX_BYTES, check=check, on_bytes=bar.update)
     except DownloadFailed as exc:
         raise IngestError(f"cannot download the Unsplash dataset: {exc}") from None
     return archive
@@ -226,7 +226,7 @@ def download_images(photos: list[Photo], opts: UnsplashOptions, downloader: Down
     if todo:
         with ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="download") as pool:
             futures = {
-                pool.submit(downloader.fetch, p.image_url, images / f"{p.id}.jpg",
+                pool.submit(downloader.download, p.image_url, images / f"{p.id}.jpg",
                             max_bytes=opts.max_image_bytes, check=check_image): p
                 for p in todo
             }

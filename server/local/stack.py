@@ -1,29 +1,20 @@
-"""Run the Lambda locally, no Docker: the real Runtime Interface Emulator plus an API-Gateway-like gateway.
-
-    python -m server.local [--lambda-port 9000] [--gateway-port 8000] [--timeout 29]
+"""The local Lambda: the real Runtime Interface Emulator running the handler, the invocation
+front on its port and the API-Gateway-like gateway, started and stopped together.
 
 The emulator (the `aws-lambda-rie` binary shipped in the aws-sam-cli wheel) runs
-`python -m awslambdaric server.handler.handler` exactly as the container does, and answers
-    curl -XPOST "http://localhost:9000/2015-03-31/functions/function/invocations" \\
-         -d '{"query": "two dogs", "input_type": "text"}'
-The gateway turns `POST /search` into a REST (v1) proxy event, invokes the emulator and returns
-the function's statusCode/headers/body, or 504 `{"message": "Endpoint request timed out"}` after
-29 s, as API Gateway does. `GET /health` is 200 once the function answers and is initialised.
+`python -m awslambdaric server.handler.handler` exactly as the container does. It runs one
+invocation at a time and *crashes* (a Go nil-pointer panic) when a second arrives while one is
+running, so it listens on an internal port, and the invocation URL (port 9000 by default) is
+served by `InvokeFront` (front.py), which queues invocations on the same one-at-a-time `Invoker`
+(invoker.py) as the gateway (gateway.py): a function with a concurrency of one, whoever calls it.
 
-The emulator runs one invocation at a time and *crashes* (a Go nil-pointer panic) when a second
-arrives while one is running. So it listens on an internal port, and port 9000 is served by a
-front (server/gateway.py `InvokeFront`) that queues invocations on the same one-at-a-time
-`Invoker` as the gateway: a function with a concurrency of one, whoever calls it.
-
-`LocalStack` starts both for tests and benchmarks and stops them (process group included).
-A port already in use ends the start with one line naming it and the option that changes it.
-The emulator's own START/END/REPORT lines for each invocation are left out of the console unless
-`--verbose` (the function's one JSON line per request stays).
+A port already in use ends the start with `PortInUse`, naming it and the option that changes it.
+The emulator's own START/END/REPORT lines for each invocation are left out of the console when
+`quiet` (the function's one JSON line per request stays).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import importlib.util
 import os
@@ -36,18 +27,36 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
-from server.gateway import (API_GATEWAY_TIMEOUT_S, Gateway, InvokeFront, Invoker, proxy_reply,  # noqa: F401
-                            rest_event)
+from server.local.front import InvokeFront
+from server.local.gateway import API_GATEWAY_TIMEOUT_S, Gateway, proxy_reply, rest_event
+from server.local.invoker import Invoker
 
-__all__ = ["LocalStack", "PortInUse", "Gateway", "Invoker", "proxy_reply", "rest_event", "find_rie", "main"]
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 FUNCTION_TIMEOUT_S = 28  # infra/template.yaml's Timeout: one second under the gateway's
 CURL = ('curl -XPOST "http://localhost:{port}/2015-03-31/functions/function/invocations" '
         "-d '{{\"query\": \"two dogs\", \"input_type\": \"text\"}}'")
+# What any process needs, taken from ours when set: the programs' path, the home directory (caches),
+# the locale and the temporary directory. Nothing else of our environment reaches the function:
+# a variable exported in the shell (ENCODER, BACKEND, MODEL_ID ...) must not change what a test
+# or a benchmark measures. The function's configuration is what the caller passes as `env`.
+BASE_VARIABLES = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
+# The variables `python -m server.local` hands on from its shell, beside the settings' own (the
+# README's table): the AWS credential chain's and region (INDEX_S3_URI, OpenSearch with SigV4) and
+# Hugging Face's cache, token and offline switch (a MODEL_ID fetched from the hub).
+SHELL_PREFIXES = ("AWS_", "HF_")
+
+
+def shell_configuration(environ: Mapping[str, str]) -> dict[str, str]:
+    """The function's configuration from a shell's environment: the settings' variables, AWS_*, HF_*."""
+    from clipsearch.config import Settings
+
+    names = set(Settings.variables())
+    return {k: v for k, v in environ.items() if k in names or k.startswith(SHELL_PREFIXES)}
+
+
 # What the emulator prints around every invocation (aws-lambda-runtime-interface-emulator,
 # internal/lambda/rie/handlers.go: "START RequestId: ...", "END RequestId: ...", "REPORT RequestId: ...").
 EMULATOR_REQUEST_LINE = re.compile(rb"^(START|END|REPORT) RequestId: ")
@@ -91,12 +100,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class LocalStack:
+class LocalLambda:
     """The emulator (running the handler) and the gateway, started together; a context manager.
 
-        with LocalStack(env={"INDEX_PATH": ..., "MODEL_PATH": ...}) as stack:
+        with LocalLambda(env={"INDEX_PATH": ..., "MODEL_PATH": ...}) as stack:
             requests.post(stack.search_url, json={...})
 
+    `env` is the function's configuration: it sees that, a few variables any process needs
+    (BASE_VARIABLES) and HF_HUB_OFFLINE=1, TOKENIZERS_PARALLELISM=false unless `env` says
+    otherwise; not the rest of this process's environment.
     Ports 0 pick free ones. `wait=True` returns once the function answers GET /health (its
     status, 200 or 503 with the reason, is in `ready_status`).
     """
@@ -151,7 +163,7 @@ class LocalStack:
         return self.gateway_url + "/health"
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> "LocalLambda":
         self.start()
         return self
 
@@ -166,14 +178,16 @@ class LocalStack:
                 *self.python, "-m", "awslambdaric", "server.handler.handler"]
 
     def process_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env.setdefault("AWS_LAMBDA_FUNCTION_TIMEOUT", str(self.function_timeout_s))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        """The emulator's (and so the function's) environment: what any process needs from ours
+        (BASE_VARIABLES), the defaults below, then `env`. Nothing else of ours gets through."""
+        env = {name: os.environ[name] for name in BASE_VARIABLES if name in os.environ}
+        env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   AWS_LAMBDA_FUNCTION_TIMEOUT=str(self.function_timeout_s))
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         return env
 
-    def start(self, wait: bool = True) -> "LocalStack":
+    def start(self, wait: bool = True) -> "LocalLambda":
         try:
             # Our ports first: one in use fails here, before any process exists.
             self._rie_port = free_port()
@@ -313,53 +327,3 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m server.local", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lambda-port", type=int, default=9000, help="emulator port (default 9000; 0 = any free port)")
-    ap.add_argument("--gateway-port", type=int, default=8000, help="gateway port (default 8000; 0 = any free port)")
-    ap.add_argument("--host", default="127.0.0.1", help="address both listen on (default 127.0.0.1)")
-    ap.add_argument("--timeout", type=float, default=API_GATEWAY_TIMEOUT_S,
-                    help="gateway timeout in seconds before a 504 (default 29, as API Gateway)")
-    ap.add_argument("--rie", help="path to an aws-lambda-rie binary (default: the one in aws-sam-cli)")
-    ap.add_argument("--verbose", action="store_true",
-                    help="also print the emulator's START/END/REPORT lines for every invocation")
-    args = ap.parse_args(argv)
-
-    def stop_on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # Explicit: a shell's background job starts with SIGINT ignored, and Ctrl-C must still stop us.
-    signal.signal(signal.SIGINT, stop_on_term)
-    signal.signal(signal.SIGTERM, stop_on_term)
-    stack = LocalStack(lambda_port=args.lambda_port, gateway_port=args.gateway_port, timeout_s=args.timeout,
-                       host=args.host, rie=args.rie, quiet=not args.verbose)
-    try:
-        try:
-            stack.start(wait=False)
-        except PortInUse as exc:
-            print(f"python -m server.local: {exc}", file=sys.stderr, flush=True)
-            return 2
-        print(f"Lambda emulator: {stack.invoke_url}\nGateway:         POST {stack.search_url}   GET {stack.health_url}",
-              flush=True)
-        status = stack.wait_ready()
-        state = "ready" if status == 200 else "answering, but NOT ready (see the error above; GET /health says why)"
-        print(f"function {state} after {time.monotonic() - stack.started_at:.1f} s. Try:\n  "
-              + CURL.format(port=stack.lambda_port) + "\n(Ctrl-C stops)", flush=True)
-        while stack.process.poll() is None:
-            time.sleep(0.5)
-        print(f"the emulator exited with code {stack.process.returncode}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        # A second Ctrl-C (or a supervisor's SIGTERM after its SIGINT) must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
