@@ -1,4 +1,4 @@
-"""Ingest benchmark (issue 3): end-to-end pipeline images/s against model-only forward throughput
+"""Ingest benchmark: end-to-end pipeline images/s against model-only forward throughput
 (same dtype, same batch) and against a naive per-image loop, all in ONE process and run.
 
     python -m bench.ingest_bench [--quick] [--images N] [--batch 32] [--rounds R]
