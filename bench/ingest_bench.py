@@ -1,13 +1,13 @@
-"""Ingest benchmark (issue 3): end-to-end pipeline images/s against model-only forward throughput
+"""Ingest benchmark: end-to-end pipeline images/s against model-only forward throughput
 (same dtype, same batch) and against a naive per-image loop, all in ONE process and run.
 
     python -m bench.ingest_bench [--quick] [--images N] [--batch 32] [--rounds R]
 
 - model_only: `encode_pixels` on pre-made pixel tensors, the ceiling for the pipeline.
-- pipeline:   the real ingest Pipeline over a folder of generated 640x427 JPEGs (read, decode +
-              preprocess in this process between batches, the CPU default, or in a worker
-              process; batched encode; FAISS upsert and save), with no embedding cache, so every
-              image is decoded and encoded.
+- pipeline:   the real ingest runner and stages over a folder of generated 640x427 JPEGs (read,
+              decode + preprocess in this process between batches, the CPU default, or in a
+              worker process; batched encode; FAISS upsert and save), with no embedding cache, so
+              every image is decoded and encoded.
 - naive:      what a first script does: for each file, PIL open, Hugging Face CLIPImageProcessor,
               the same vision tower on a batch of one.
 Each round runs every variant once, interleaved, so machine noise hits them alike; figures are
@@ -62,16 +62,17 @@ def model_only(encoder, n: int, batch: int) -> float:
 def pipeline(encoder, folder: Path, batch: int, workers: int, nice: int = 10) -> tuple[float, dict]:
     from clipsearch.index.faiss_index import FaissIndex
     from ingest.cache import NoCache
-    from ingest.pipeline import Item, Pipeline, PipelineOptions
     from ingest.progress import Summary
+    from ingest.runner import Runner, RunnerOptions, Stages
+    from ingest.sources.base import Item
 
     files = sorted(folder.glob("*.jpg"))
     items = [Item(str(p), p, None, {"source": "folder", "path": str(p)}) for p in files]
     summary = Summary("folder")
     with tempfile.TemporaryDirectory() as tmp:
         index = FaissIndex(Path(tmp) / "idx", model_id=encoder.model_id, dim=encoder.dim)
-        pipe = Pipeline(encoder, index, NoCache(), PipelineOptions(batch_size=batch, decode_workers=workers, worker_nice=nice),
-                        summary)
+        options = RunnerOptions(batch_size=batch, decode_workers=workers, worker_nice=nice)
+        pipe = Runner(Stages.standard(encoder, index, NoCache(), options), summary, options=options)
         t0 = time.perf_counter()
         pipe.run(items)
         pipe.save()

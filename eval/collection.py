@@ -1,8 +1,8 @@
 """The evaluated collection: dataset images put through production ingest, and the way back
 from index documents to dataset items.
 
-Images go in exactly as a user's photos do, with `python -m ingest folder` (called in process
-through `ingest.cli.main`). The folder handed to ingest is a staging folder of symbolic links to
+Images go in exactly as a user's photos do, through `python -m ingest folder`'s path (called in
+process as `ingest.run` with a `FolderSource`). The folder handed to ingest is a staging folder of symbolic links to
 the chosen images only, so a split or a `--limit` never ingests the rest of the dataset, and
 nothing is copied. Ingest names a folder document by the sha256 of the file's bytes, so the
 harness hashes each item itself and maps hits back by that id: byte-identical files (they exist
@@ -11,7 +11,6 @@ in real datasets) become one document that stands for all of them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -20,14 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipsearch.errors import ClipsearchError
+from clipsearch.schema import display_text
 from eval.datasets import ImageItem, Skips
 
 HASH_CHUNK = 1 << 20
 
 
 class IngestFailed(RuntimeError):
-    """Ingest stopped (it exits non-zero only when the whole run cannot go on, never for a bad
-    image): evaluating whatever the index held before would measure the wrong collection."""
+    """Ingest stopped (it raises only when the whole run cannot go on, never for a bad image):
+    evaluating whatever the index held before would measure the wrong collection."""
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Collection:
     not_indexed: list[str]  # item keys whose document is not in the index (ingest skipped them)
     index_docs: int  # documents in the index
     extra_docs: int  # documents that are no dataset item: distractors, they make recall lower
-    ingest: dict = field(default_factory=dict)  # how ingest went: argv, exit code, seconds
+    ingest: dict = field(default_factory=dict)  # how ingest went: command, exit code, seconds, summary
 
     @property
     def duplicate_items(self) -> int:
@@ -78,39 +79,33 @@ def stage(items: Sequence[ImageItem], folder: Path) -> Path:
 
 
 def ingest_folder(folder: Path, settings, cache_dir: Path) -> dict:
-    """Run production ingest over `folder` into the index the settings name. `cache_dir` holds
-    ingest's embedding cache and folder state (kept only if the caller keeps the folder)."""
-    from ingest.cli import main as ingest_main  # the real pipeline, imported only when used
+    """Run production ingest over `folder` into the index the settings name, and print its
+    summary. `cache_dir` holds ingest's embedding cache and folder state (kept only if the
+    caller keeps the folder). Returns how it went, for the report."""
+    import ingest  # the real pipeline, imported only when used
+    from ingest.sources.folder import FolderSource
 
-    # The staging folder is links to the dataset's files, outside it: followed on purpose.
-    argv = ["folder", str(folder), "--follow-links", "--backend", settings.index.backend, "--cache-dir", str(cache_dir)]
-    env = {}
-    if settings.index.backend == "faiss":
-        argv += ["--index", str(settings.index.path)]
-    else:  # ingest takes the OpenSearch index name from the environment only
-        env["OPENSEARCH_INDEX"] = settings.opensearch.index
     t0 = time.perf_counter()
-    with _environ(env):
-        code = ingest_main(argv)
-    if code != 0:
-        raise IngestFailed(f"ingest stopped with exit code {code} (its message is above); nothing was evaluated")
-    shown = [f"{k}={v}" for k, v in env.items()]
-    return {"argv": [*shown, "python", "-m", "ingest", *argv], "exit_code": code,
-            "seconds": round(time.perf_counter() - t0, 3)}
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
     try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        # The staging folder is links to the dataset's files, outside it: followed on purpose.
+        source = FolderSource(folder, follow_links=True)
+        summary = ingest.run(source, settings, ingest.IngestOptions(cache_dir=cache_dir))
+    except (ClipsearchError, OSError) as exc:  # what `python -m ingest` reports and exits 1 for
+        message = display_text(str(exc))
+        raise IngestFailed(f"ingest stopped with exit code 1: {message}; nothing was evaluated") from None
+    print(summary.render())
+    return {"argv": equivalent_command(folder, settings, cache_dir), "exit_code": 0,
+            "seconds": round(time.perf_counter() - t0, 3), "summary": summary.to_dict()}
+
+
+def equivalent_command(folder: Path, settings, cache_dir: Path) -> list[str]:
+    """The `python -m ingest` command that does what `ingest_folder` did, for the report: the
+    OpenSearch index name goes in the environment, where the command line takes it from."""
+    embedded = settings.index.backend == "faiss"
+    env = [] if embedded else [f"OPENSEARCH_INDEX={settings.opensearch.index}"]
+    index = ["--index", str(settings.index.path)] if embedded else []
+    return [*env, "python", "-m", "ingest", "folder", str(folder), "--follow-links", "--backend",
+            settings.index.backend, "--cache-dir", str(cache_dir), *index]
 
 
 def map_collection(hashes: dict[str, str], index_ids: Sequence[str], ingest: dict | None = None) -> Collection:

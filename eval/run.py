@@ -5,9 +5,10 @@
     python -m eval zeroshot FOLDER [--split test] [--prompt "{}"]      # CIFAR-100, ImageNet folders
 
 Steps: load the dataset (bad entries skipped and counted), link the chosen images into a
-staging folder, ingest it with `python -m ingest folder` into the index the options name, map
-index documents back to dataset items by content hash, encode the queries with the production
-encoder, search with the backend's `search`, compute the metrics, print a table, write JSON.
+staging folder, ingest it as `python -m ingest folder` does (`ingest.run` with the folder source)
+into the index the options name, map index documents back to dataset items by content hash,
+encode the queries with the production encoder, search with the backend's `search`, compute the
+metrics, print a table, write JSON.
 The report names the checkpoint and its family (clipsearch.models.families) it measured.
 """
 

@@ -7,7 +7,8 @@
 
 The model comes from MODEL_PATH / MODEL_ID, the index from INDEX_PATH / BACKEND and the
 OPENSEARCH_* variables (README, "Configuration"); the options here override the index ones.
-Runs are resumable: kill one at any point and start it again.
+Runs are resumable: kill one at any point and start it again. This module only turns options into
+a source and `IngestOptions`; the run itself is `ingest.run` (ingest/api.py, docs/ingest.md).
 """
 
 from __future__ import annotations
@@ -15,21 +16,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipsearch.config import Settings
 from clipsearch.errors import ClipsearchError
 from clipsearch.schema import display_text
-from ingest.decode import DecodeLimits
+from ingest.api import DEFAULT_MAX_BYTES, IngestOptions, run
 from ingest.download import DownloadRetries
-from ingest.progress import Progress, Summary
+from ingest.progress import Summary
 
-if TYPE_CHECKING:  # the pipeline imports the encoder; --help should not
-    from ingest.pipeline import Pipeline
+if TYPE_CHECKING:
+    from ingest.sources.base import Source
 
 EXAMPLES = """examples:
   python -m ingest unsplash --limit 500            # a quick sample of Unsplash Lite
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-every", type=_positive, default=10, metavar="N",
                    help="save the index every N batches, the resume point (default: %(default)s)")
     g.add_argument("--max-pixels", type=_positive, help="skip images with more pixels (default: MAX_IMAGE_PIXELS)")
-    g.add_argument("--max-bytes", type=_positive, default=50 * 1024 * 1024,
+    g.add_argument("--max-bytes", type=_positive, default=DEFAULT_MAX_BYTES,
                    help="skip image files larger than this (default: 50 MiB)")
     g = common.add_argument_group("output")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -152,127 +151,34 @@ def _settings(args, settings: Settings | None) -> Settings:
     return dataclasses.replace(settings, index=index, model=model)
 
 
-def _encoder(settings: Settings, device: str, precision: str):
-    from clipsearch.models.torch_encoder import TorchEncoder
-
-    explicit = settings.model.id if settings.model.path else None
-    # No tower loaded yet: a run that finds everything indexed or cached never loads the model.
-    return TorchEncoder(settings.model.source, model_id=explicit, threads=settings.model.threads,
-                        device=None if device == "auto" else device, cpu_bf16=precision == "bf16", load=())
-
-
-def _pipeline_options(args, settings: Settings, device: str):
-    from ingest.pipeline import PipelineOptions
-
-    cuda = device.startswith("cuda")
-    cpus = os.cpu_count() or 2
-    workers = args.decode_workers
-    if workers is None:
-        # On CPU the model's threads already use every core: a decode worker beside them only
-        # preempts them (measured on 2 cores: 0.74-0.80 of model-only throughput with a worker
-        # process, ~1.0 decoding in between batches; bench/ingest_bench.py). On a GPU the CPU is
-        # free and decoding becomes the bottleneck: give it the cores.
-        workers = max(1, min(16, cpus - 1)) if cuda else 0
-    return PipelineOptions(
-        batch_size=args.batch_size or (256 if cuda else 32),
-        decode_workers=workers,
-        prefetch=args.prefetch,
-        save_every=args.save_every,
-        limits=DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels or settings.limits.max_image_pixels),
-        batch_delay=args.batch_delay,
+def _options(args) -> IngestOptions:
+    return IngestOptions(
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, wait=args.wait, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, decode_workers=args.decode_workers,
+        prefetch=args.prefetch, save_every=args.save_every, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+        progress=False if args.quiet else None, batch_delay=args.batch_delay,
     )
 
 
-def _index_location(settings: Settings) -> str:
-    if settings.index.backend == "opensearch":
-        return f"opensearch:{settings.opensearch.url}/{settings.opensearch.index}"
-    return f"faiss:{Path(settings.index.path).resolve()}"
+def _source(args) -> Source:
+    if args.source == "folder":
+        from ingest.sources.folder import FolderSource
+
+        return FolderSource(args.path, follow_links=args.follow_links)
+    from ingest.sources.unsplash import UnsplashOptions, UnsplashSource
+
+    return UnsplashSource(UnsplashOptions(
+        dataset_url=args.dataset_url, data_dir=Path(args.data_dir), width=args.width, workers=args.workers,
+        limit=args.limit, policy=DownloadRetries(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
+        max_image_bytes=args.max_bytes,
+    ))
 
 
 def execute(argv: list[str] | None = None, settings: Settings | None = None) -> Summary:
     """Parse `argv` and run the ingest; returns the summary. Raises ClipsearchError on a
     run-level failure (bad items never raise: they are in the summary)."""
     args = build_parser().parse_args(argv)
-    settings = _settings(args, settings)
-    started = time.perf_counter()
-    summary = Summary(args.source)
-    progress = Progress(False if args.quiet else None)
-
-    from ingest.lock import lock_index
-
-    # The embedded index is written whole at each save: one ingest at a time per directory.
-    index_lock = lock_index(settings.index.path, wait=args.wait) if settings.index.backend == "faiss" else None
-    try:
-        _run(args, settings, summary, progress)
-    finally:
-        if index_lock is not None:
-            index_lock.close()
-        progress.close()
-        summary.total_seconds = time.perf_counter() - started
-    return summary
-
-
-def _run(args, settings: Settings, summary: Summary, progress: Progress) -> None:
-    from clipsearch.index import open_index
-    from ingest.cache import EmbeddingCache, NoCache
-    from ingest.pipeline import Pipeline
-
-    t0 = time.perf_counter()
-    encoder = _encoder(settings, args.device, args.precision)
-    index = open_index(settings.index, settings.opensearch, model_id=encoder.model_id, dim=encoder.dim)
-    # bf16 vectors are the same model's (one index takes both) but not the same numbers: own cache.
-    cache_key = encoder.model_id + ("@bf16" if args.precision == "bf16" else "")
-    cache = NoCache() if args.no_cache else EmbeddingCache.open(args.cache_dir, model_id=cache_key, dim=encoder.dim)
-    if cache.damage_report():
-        summary.warnings.append(cache.damage_report())
-    summary.add_time("open", time.perf_counter() - t0)
-    options = _pipeline_options(args, settings, encoder.device)
-    try:
-        with index.loading():
-            pipeline = Pipeline(encoder, index, cache, options, summary, progress, indexed_ids=set(index.ids()))
-            (_unsplash if args.source == "unsplash" else _folder)(args, settings, pipeline)
-        summary.index_count = index.count()
-    finally:
-        cache.close()
-
-
-def _unsplash(args, settings: Settings, pipeline: Pipeline) -> None:
-    from ingest.sources import unsplash
-
-    opts = unsplash.UnsplashOptions(
-        dataset_url=args.dataset_url, data_dir=Path(args.data_dir), width=args.width, workers=args.workers,
-        limit=args.limit, policy=DownloadRetries(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
-        max_image_bytes=args.max_bytes,
-    )
-    t0 = time.perf_counter()
-    items = unsplash.collect(opts, pipeline.indexed_ids, pipeline.summary, pipeline.progress)
-    pipeline.summary.add_time("download", time.perf_counter() - t0)
-    pipeline.run(items)
-    pipeline.save()
-
-
-def _folder(args, settings: Settings, pipeline: Pipeline) -> None:
-    from ingest.sources import folder
-
-    summary = pipeline.summary
-    root = folder.resolve_root(args.path)
-    state = folder.FolderState.for_index(Path(args.cache_dir) / "state", root, _index_location(settings))
-    t0 = time.perf_counter()
-    fplan = folder.plan(root, state, pipeline.indexed_ids, summary.skipped, follow_links=args.follow_links)
-    summary.add_time("scan", time.perf_counter() - t0)
-    summary.found = len(fplan.stats)
-    if fplan.unchanged:
-        summary.skipped["unchanged"] += len(fplan.unchanged)
-
-    def record(done: dict[str, str]) -> None:  # after each index save: the state never runs ahead
-        state.save(folder.current_files(fplan, done))
-
-    pipeline.on_save = record
-    done = pipeline.run(fplan.items)
-    stale = folder.stale_ids(state, fplan, done)
-    if stale:
-        summary.deleted = pipeline.index.delete(sorted(stale))
-    pipeline.save()
+    return run(_source(args), _settings(args, settings), _options(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,9 @@ from typing import Any
 from clipsearch.schema import display_text
 
 
-STAGES = ("download", "read", "decode", "encode", "write", "save")
+# What `slowest_stage` compares: the work of a run. Setup (open, load_model) is timed but is not a
+# stage, and decode_wait is the runner waiting for the decode stage, not work of its own.
+STAGES = ("download", "scan", "read", "cache", "decode", "encode", "write", "save")
 
 
 class Progress:

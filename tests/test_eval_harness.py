@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,33 @@ def test_an_ingest_failure_stops_the_run(flickr, tiny_encoder, tmp_path, capsys)
                  "--index", str(tmp_path / "other")])
     err = capsys.readouterr().err
     assert code == 2 and "ingest stopped with exit code 1" in err and "Traceback" not in err
+
+
+def test_ingest_into_opensearch_fills_the_index_the_evaluation_names(flickr, fake_opensearch, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Ingest gets the evaluation's own settings: the dataset goes into --index, never into
+    OPENSEARCH_INDEX (the collection users search), and the environment is left as it was."""
+    import requests
+
+    from clipsearch.index.opensearch_client import clear_cache
+
+    monkeypatch.setenv("OPENSEARCH_URL", fake_opensearch.url)
+    monkeypatch.setenv("OPENSEARCH_INDEX", "photos")
+    monkeypatch.setenv("OPENSEARCH_REPLICAS", "0")
+    clear_cache()
+    environ = dict(os.environ)
+    try:
+        report, _ = run_eval(["retrieval", str(flickr / "dataset_flickr30k.json"), "--images",
+                              str(flickr / "flickr30k-images"), "--backend", "opensearch", "--index", "eval-flickr",
+                              "--self-check", "0"], tmp_path, capsys)
+    finally:
+        clear_cache()
+    assert dict(os.environ) == environ
+    assert report["ingest"]["argv"][:5] == ["OPENSEARCH_INDEX=eval-flickr", "python", "-m", "ingest", "folder"]
+    assert report["ingest"]["summary"]["indexed"] == N_TEST and report["ingest"]["summary"]["failed"] == 1
+    assert report["counts"]["index_documents"] == N_TEST and report["backend"] == "opensearch"
+    assert requests.head(f"{fake_opensearch.url}/eval-flickr", timeout=10).status_code == 200
+    assert requests.head(f"{fake_opensearch.url}/photos", timeout=10).status_code == 404
 
 
 # -- the harness on an index filled directly (no ingest) ------------------------------------------

@@ -313,3 +313,57 @@ def test_a_cached_vector_that_is_not_unit_length_is_encoded_again(tiny_model_env
     index = FaissIndex.load(tmp_path / "idx")
     for f in (files[0], files[5]):
         assert abs(np.linalg.norm(index.get(sha(f)).vector) - 1) < 1e-5
+
+
+def test_deletions_survive_the_checkpoints_of_a_long_run(tiny_model_env, photos, tmp_path):
+    """A run that saves in the middle (more batches than --save-every) still removes the documents
+    of files deleted or changed since the last run: the checkpoints rewrite the state, not what the
+    run started from."""
+    run(photos, tmp_path)
+    files = sorted(p for p in photos.rglob("*") if p.is_file())
+    deleted, changed = files[0], files[1]
+    old_ids = {sha(deleted), sha(changed)}
+    deleted.unlink()
+    changed.write_bytes(make_image(600))
+    for i in range(8):
+        (photos / f"new{i}.jpg").write_bytes(make_image(610 + i))
+
+    second = run(photos, tmp_path, "--batch-size", "2", "--save-every", "1")  # five saves before the end
+    assert (second.encoded, second.deleted, second.index_count) == (9, 2, 11 + 8)
+    index = FaissIndex.load(tmp_path / "idx")
+    assert not old_ids & set(index.ids())
+    assert sorted(index.ids()) == sorted(sha(p) for p in photos.rglob("*") if p.is_file())
+
+
+def test_a_run_killed_after_a_checkpoint_still_deletes_next_time(tiny_model_env, photos, tmp_path):
+    """Killed right after its first index save (state saved, nothing deleted yet): the next run
+    deletes what the killed one would have, and each remaining file has exactly one document."""
+    import ingest
+    from clipsearch.config import Settings
+    from ingest.sources.folder import FolderSource
+
+    class Killed(BaseException):
+        pass
+
+    class DiesAfterFirstSave(FolderSource):
+        def checkpoint(self, done):
+            super().checkpoint(done)
+            raise Killed  # as kill -9 right after the save: index and state on disk, nothing else
+
+    settings = Settings.from_env({**os.environ, "INDEX_PATH": str(tmp_path / "idx")})
+    opts = ingest.IngestOptions(cache_dir=tmp_path / "cache", progress=False, batch_size=2, save_every=1)
+    run(photos, tmp_path)
+    gone = sorted(p for p in photos.rglob("*") if p.is_file())[0]
+    gone_id = sha(gone)
+    gone.unlink()
+    for i in range(6):
+        (photos / f"new{i}.jpg").write_bytes(make_image(620 + i))
+    with pytest.raises(Killed):
+        ingest.run(DiesAfterFirstSave(photos), settings, opts)
+    assert gone_id in FaissIndex.load(tmp_path / "idx").ids()  # the killed run deleted nothing
+
+    resumed = ingest.run(FolderSource(photos), settings, opts)
+    assert resumed.deleted == 1 and resumed.encoded == 4  # two new files were written before the kill
+    index = FaissIndex.load(tmp_path / "idx")
+    assert gone_id not in index.ids() and index.count() == 11 + 6
+    assert sorted(index.ids()) == sorted(sha(p) for p in photos.rglob("*") if p.is_file())

@@ -106,7 +106,7 @@ def test_etc_passwd_and_proc_are_not_read_without_follow_links(tiny_model_env, h
 def test_a_fifo_swapped_in_after_the_scan_does_not_block_and_is_reported(tmp_path):
     """The reader opens without blocking and checks the file type before reading (the race a
     scan alone cannot close): the FIFO is reported, the run goes on."""
-    from ingest.pipeline import NotRegularFile, read_regular_file
+    from ingest.stages.read import NotRegularFile, read_regular_file
 
     fifo = tmp_path / "late.jpg"
     os.mkfifo(fifo)

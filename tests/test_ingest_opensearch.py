@@ -78,8 +78,9 @@ def test_bad_items_are_reported_and_the_load_goes_on(tiny_encoder, tmp_path, ser
     from clipsearch.index.opensearch import OpenSearchIndex
     from conftest import make_image
     from ingest.cache import NoCache
-    from ingest.pipeline import Item, Pipeline, PipelineOptions
     from ingest.progress import Summary
+    from ingest.runner import Runner, RunnerOptions, Stages
+    from ingest.sources.base import Item
 
     paths = []
     for i in range(6):
@@ -94,7 +95,8 @@ def test_bad_items_are_reported_and_the_load_goes_on(tiny_encoder, tmp_path, ser
         index = OpenSearchIndex.from_settings(settings, model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
         summary = Summary("unsplash")
         with index.loading():
-            pipe = Pipeline(tiny_encoder, index, NoCache(), PipelineOptions(batch_size=3), summary)
+            options = RunnerOptions(batch_size=3)
+            pipe = Runner(Stages.standard(tiny_encoder, index, NoCache(), options), summary, options=options)
             done = pipe.run(items)
             pipe.save()
         failed = dict(summary.failed)

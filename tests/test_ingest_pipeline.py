@@ -9,8 +9,9 @@ from clipsearch.index.faiss_index import FaissIndex
 from conftest import make_image
 from ingest.cache import NoCache
 from ingest.decode import decode_chunk
-from ingest.pipeline import Item, Pipeline, PipelineOptions
 from ingest.progress import Summary
+from ingest.runner import Runner, RunnerOptions, Stages
+from ingest.sources.base import Item
 
 CRASH = b"CRASH!"
 
@@ -32,8 +33,9 @@ def test_worker_crash_fails_only_the_culprit(tiny_encoder, tmp_path):
     items = [Item(str(p), p, None, {"source": "folder", "path": str(p)}) for p in paths]
     summary = Summary("folder")
     index = FaissIndex(tmp_path / "idx", model_id=tiny_encoder.model_id, dim=tiny_encoder.dim)
-    pipe = Pipeline(tiny_encoder, index, NoCache(), PipelineOptions(batch_size=4, decode_workers=1, chunk=4), summary)
-    pipe.decode_fn = crashing_decoder
+    options = RunnerOptions(batch_size=4, decode_workers=1, chunk=4)
+    stages = Stages.standard(tiny_encoder, index, NoCache(), options, decode_task=crashing_decoder)
+    pipe = Runner(stages, summary, options=options)
     done = pipe.run(items)
     pipe.save()
     assert [(Path(k).name, r.split(":")[0]) for k, r in summary.failed] == [("p4-killer.jpg", "decode_failed")]

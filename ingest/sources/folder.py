@@ -25,12 +25,12 @@ import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from clipsearch.errors import IngestError
 from clipsearch.images import IMAGE_EXTENSIONS
 from clipsearch.schema import display_text
-from ingest.pipeline import Item
+from ingest.sources.base import Item, SourceContext
 
 STATE_VERSION = 2  # 2: metadata paths are relative to the folder (1 stored absolute ones)
 # Kernel pseudo-filesystems and device nodes: a "regular file" there (/proc/self/environ) is not
@@ -112,14 +112,17 @@ def scan(root: Path, skipped: Counter, follow_links: bool = False) -> Iterator[F
 
 
 class FolderState:
-    """path -> Seen for one folder and one index, saved atomically after each index save.
-    `current` is False for a state written before metadata paths were relative: nothing counts
-    as unchanged then, so every file's document is written again (its vector from the cache or
-    the index, not encoded) with the relative path."""
+    """path -> Seen for one folder and one index, saved atomically after each index save, and
+    `removing`: ids of gone or changed files that a run had not deleted yet when it saved (a run
+    killed after that save deletes them next time). `current` is False for a state written
+    before metadata paths were relative: nothing counts as unchanged then, so every file's
+    document is written again (its vector from the cache or the index, not encoded) with the
+    relative path."""
 
     def __init__(self, file: Path, root: Path):
         self.file, self.root = file, root
         self.files: dict[str, Seen] = {}
+        self.removing: set[str] = set()
         self.current = True
 
     @classmethod
@@ -130,18 +133,20 @@ class FolderState:
             try:
                 raw = json.loads(self.file.read_bytes())
                 self.files = {p: Seen(*v) for p, v in raw.get("files", {}).items()}
+                self.removing = {i for i in raw.get("removing", []) if isinstance(i, str)}
                 self.current = raw.get("version") == STATE_VERSION
             except (ValueError, TypeError, AttributeError):
-                self.files = {}  # unreadable state: everything is looked at again, nothing lost
+                self.files, self.removing = {}, set()  # unreadable state: everything is looked at again
         return self
 
-    def save(self, files: dict[str, Seen]) -> None:
-        self.files, self.current = dict(files), True
+    def save(self, files: dict[str, Seen], removing: set[str] = frozenset()) -> None:
+        self.files, self.removing, self.current = dict(files), set(removing), True
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
         # json's default ASCII escapes carry a name's surrogate escapes exactly (not UTF-8 safe).
         body = {"version": STATE_VERSION, "root": str(self.root),
-                "files": {p: [s.size, s.mtime_ns, s.id] for p, s in sorted(files.items())}}
+                "files": {p: [s.size, s.mtime_ns, s.id] for p, s in sorted(files.items())},
+                "removing": sorted(self.removing)}
         with open(tmp, "w", encoding="ascii") as fh:
             json.dump(body, fh)
             fh.flush()
@@ -179,7 +184,7 @@ def resolve_root(folder: str | Path) -> Path:
     return root.resolve()
 
 
-def current_files(fplan: FolderPlan, done: dict[str, str]) -> dict[str, Seen]:
+def current_files(fplan: FolderPlan, done: Mapping[str, str]) -> dict[str, Seen]:
     """What the index holds for this folder: the unchanged files plus those written this run."""
     files = dict(fplan.unchanged)
     for key, doc_id in done.items():
@@ -189,8 +194,46 @@ def current_files(fplan: FolderPlan, done: dict[str, str]) -> dict[str, Seen]:
     return files
 
 
-def stale_ids(state: FolderState, fplan: FolderPlan, done: dict[str, str]) -> set[str]:
-    """Ids of documents whose file is gone or changed and that no current file still has.
-    (A changed file that now fails to decode loses its old document too: those bytes are gone.)"""
+def stale_ids(before: set[str], fplan: FolderPlan, done: Mapping[str, str]) -> set[str]:
+    """Of the ids the index held for this folder as the run started (`before`), those no current
+    file has: their file is gone or changed. (A changed file that now fails to decode loses its
+    old document too: those bytes are gone.)"""
     live = {s.id for s in fplan.unchanged.values()} | set(done.values())
-    return {s.id for s in state.files.values()} - live
+    return before - live
+
+
+class FolderSource:
+    """`python -m ingest folder PATH` as a `Source`: scans, skips what its state says is
+    unchanged, records the state after each index save, and removes what is gone at the end."""
+
+    name = "folder"
+    stage = "scan"
+
+    def __init__(self, folder: str | Path, *, follow_links: bool = False):
+        self.root = resolve_root(folder)  # a path that is no folder fails here, before anything is opened
+        self.follow_links = follow_links
+        self._state: FolderState | None = None
+        self._plan: FolderPlan | None = None
+        self._before: set[str] = set()
+        self._removed = False
+
+    def items(self, ctx: SourceContext) -> list[Item]:
+        self._state = FolderState.for_index(ctx.state_dir, self.root, ctx.index_location)
+        # What the index may hold for this folder: every id the state lists, and those a killed
+        # run had still to delete. Taken now: each checkpoint rewrites the state.
+        self._before = {seen.id for seen in self._state.files.values()} | self._state.removing
+        self._plan = plan(self.root, self._state, ctx.indexed_ids, ctx.summary.skipped, follow_links=self.follow_links)
+        ctx.summary.found = len(self._plan.stats)
+        if self._plan.unchanged:
+            ctx.summary.skipped["unchanged"] += len(self._plan.unchanged)
+        return self._plan.items
+
+    def checkpoint(self, done: Mapping[str, str]) -> None:
+        # Until `removed` has handed them over for deletion, the ids of gone or changed files stay
+        # in the state: a run killed after this save still deletes them next time.
+        pending = set() if self._removed else stale_ids(self._before, self._plan, done)
+        self._state.save(current_files(self._plan, done), pending)
+
+    def removed(self, done: Mapping[str, str]) -> set[str]:
+        self._removed = True  # deleted by the caller before its final save, whose checkpoint drops them
+        return stale_ids(self._before, self._plan, done)

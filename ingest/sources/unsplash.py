@@ -18,14 +18,14 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clipsearch.errors import ClipsearchError, IngestError
 from clipsearch.images import decode_image
 from clipsearch.schema import orientation
 from ingest.download import Downloader, DownloadFailed, DownloadRetries
-from ingest.pipeline import Item
+from ingest.sources.base import Item, SourceContext
 
 DEFAULT_URL = "https://unsplash.com/data/lite/latest"
 ARCHIVE = "unsplash-lite.zip"
@@ -254,3 +254,24 @@ def collect(opts: UnsplashOptions, indexed_ids: set[str], summary, progress) -> 
     if len(todo) < len(photos):
         summary.skipped["already indexed"] += len(photos) - len(todo)
     return download_images(todo, opts, downloader, summary, progress)
+
+
+class UnsplashSource:
+    """`python -m ingest unsplash` as a `Source`: downloads, then hands over the photos on disk.
+    Its state is the index itself (a photo there is skipped next time) and the images on disk;
+    a photo is never removed."""
+
+    name = "unsplash"
+    stage = "download"
+
+    def __init__(self, options: UnsplashOptions):
+        self.options = options
+
+    def items(self, ctx: SourceContext) -> list[Item]:
+        return collect(self.options, ctx.indexed_ids, ctx.summary, ctx.progress)
+
+    def checkpoint(self, done: Mapping[str, str]) -> None:
+        pass
+
+    def removed(self, done: Mapping[str, str]) -> set[str]:
+        return set()
